@@ -11,7 +11,8 @@ Conventions every registered builder follows (tests check them for every name):
 - Output: **logits** (no softmax) from a layer named ``"logits"``, shape ``(batch, num_classes)``. A binary task
   uses ``num_classes=2`` (softmax over two logits; temperature distillation works unchanged) or ``num_classes=1``
   (one sigmoid logit; the objectives treat it as the two logits ``[0, z]``).
-- Stage outputs are layers named ``"stage1"``, ``"stage2"``, ...; the pooled feature vector is ``"features"``.
+- Stage outputs are layers named ``"stage1"``, ``"stage2"``, ... (teachers from ``keras.applications`` keep
+  their own layer names, listed in their spec's ``taps``); the pooled feature vector is ``"features"``.
   :func:`with_taps` turns any model into one that also returns chosen stage outputs (attention transfer, hints).
 - ``dropout`` > 0 inserts a ``Dropout`` named ``"dropout"`` before the classifier.
 
@@ -186,7 +187,11 @@ def with_taps(model: keras.Model, taps: list[str] | tuple[str, ...]) -> keras.Mo
     names = {layer.name for layer in model.layers}
     missing = [t for t in taps if t not in names]
     if missing:
-        offered = sorted(n for n in names if n.startswith("stage") or n == "features")
+        _discover()
+        if model.name in _REGISTRY:
+            offered = list(_REGISTRY[model.name].taps)
+        else:
+            offered = sorted(n for n in names if n.startswith("stage") or n == "features")
         raise ValueError(f"{model.name}: no layer named {missing}; taps offered: {offered}")
     outputs = [model.output] + [model.get_layer(t).output for t in taps]
     return keras.Model(model.inputs, outputs, name=f"{model.name}_taps")
