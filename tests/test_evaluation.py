@@ -139,3 +139,31 @@ def test_evaluate_predictions_binary_report():
     assert out["clusters"] == 100
     mc = evaluate_predictions(Y_MC, P_MC, task="multiclass", n_boot=0)
     assert mc["accuracy"]["estimate"] == pytest.approx(skm.accuracy_score(Y_MC, P_MC.argmax(1)))
+
+
+def test_report_helpers(tmp_path):
+    import json
+
+    from kd_keras.evaluation.report import environment, format_ci, markdown_table, write_json
+
+    assert format_ci({"estimate": 0.94, "low": 0.9144, "high": 0.9673}) == "94.00 [91.44, 96.73]"
+    assert format_ci(float("nan")) == "n/a"
+    table = markdown_table(["a", "b"], [[1, 2]])
+    assert table.splitlines()[2] == "| 1 | 2 |"
+    path = write_json(tmp_path / "r.json", {"x": np.float32(0.5), "y": [float("nan")], "msg": "NaN loss"})
+    assert json.loads(path.read_text()) == {"x": 0.5, "y": [None], "msg": "NaN loss"}
+    assert "keras" in environment()["packages"]
+
+
+def test_plots_write_png(tmp_path):
+    from kd_keras.evaluation.plots import plot_accuracy_vs_fraction, plot_roc_curves, plot_time_vs_accuracy
+
+    pts = [{"name": "a", "family": "f", "seconds_per_volume": 0.1, "accuracy": 0.9, "low": 0.85, "high": 0.93},
+           {"name": "t", "family": "teacher", "seconds_per_volume": 0.5, "accuracy": 0.95}]
+    for path in (
+        plot_time_vs_accuracy(pts, tmp_path / "t.png"),
+        plot_accuracy_vs_fraction({"a": [{"fraction": 0.0, "accuracy": 0.8}, {"fraction": 1.0, "accuracy": 0.9}]},
+                                  tmp_path / "f.png"),
+        plot_roc_curves({"a": (Y_BIN, S_BIN)}, tmp_path / "r.png"),
+    ):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
