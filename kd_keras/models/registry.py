@@ -194,4 +194,6 @@ def with_taps(model: keras.Model, taps: list[str] | tuple[str, ...]) -> keras.Mo
             offered = sorted(n for n in names if n.startswith("stage") or n == "features")
         raise ValueError(f"{model.name}: no layer named {missing}; taps offered: {offered}")
     outputs = [model.output] + [model.get_layer(t).output for t in taps]
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_taps")
+    # A single input stays a tensor (not a one-element list) so callers can pass a plain array.
+    inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+    return keras.Model(inputs, outputs, name=f"{model.name}_taps")
