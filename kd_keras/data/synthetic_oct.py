@@ -177,7 +177,8 @@ class Lesion:
     half_width: float  # fraction of the image width
     height: float  # fraction of the image height (for cysts, of the layer it sits in)
     contrast: float  # 0..1
-    depth: float = 0.5  # where in its layer (cysts, exudates), 0 top .. 1 bottom
+    depth: float = 0.5  # where in its layer (cysts), 0 top .. 1 bottom
+    seed: int = 0  # texture of the lesion (mottling), independent of the B-scan's noise
 
     def cross_section(self, slice_index: float) -> float:
         """Scale of this lesion's cut by a slice: 0 outside, 1 through its centre (an ellipsoid)."""
@@ -283,6 +284,8 @@ def simulate_volume(rng: np.random.Generator, disease: str, config: SyntheticOCT
                                   rng.uniform(0.1, 0.22) * m, contrast()))
     else:
         raise ValueError(f"unknown disease {disease!r}; expected one of {CLASSES}")
+    for lesion in lesions:
+        lesion.seed = int(rng.integers(2**31))
     return volume
 
 
@@ -323,6 +326,9 @@ def _smooth_noise(rng: np.random.Generator, shape, sigma_rows: float, sigma_cols
 def render_bscan(volume: Volume, slice_index: int, rng: np.random.Generator, config: SyntheticOCTConfig):
     """Renders one B-scan of a volume.
 
+    ``rng`` draws only the acquisition noise (speckle, gain, additive noise): rendering the same volume without
+    its lesions from the same ``rng`` state gives the same image outside the lesions.
+
     Returns:
         ``(image, lesions)``: uint8 array ``(height, width)`` and the list of lesion kinds drawn (empty for a
         normal B-scan).
@@ -361,6 +367,7 @@ def render_bscan(volume: Volume, slice_index: int, rng: np.random.Generator, con
     thick["choroid"] = np.full(width, anat["choroid"] * height, np.float32)
 
     drawn: list[str] = []
+    peds = []
     srf_contrast = None
     cysts = []
     disruptions = []
@@ -378,6 +385,8 @@ def render_bscan(volume: Volume, slice_index: int, rng: np.random.Generator, con
             layer = "srf" if lesion.kind == "srf" else "sub_rpe"
             thick[layer] = thick[layer] + rise.astype(np.float32)
             thick["onl"] = np.maximum(thick["onl"] - absorbed[lesion.kind] * rise, 0.25 * thick["onl"])
+        if lesion.kind == "ped":
+            peds.append(lesion)
         elif lesion.kind == "cyst":
             cysts.append((lesion, scale))
         elif lesion.kind == "disruption":
@@ -426,7 +435,7 @@ def render_bscan(volume: Volume, slice_index: int, rng: np.random.Generator, con
         layer = "inl" if lesion.depth < 0.35 else "onl"
         top, bottom = tops[layer], tops[names[_LAYER_INDEX[layer] + 1]]
         col = int(np.clip((lesion.u + 1) / 2 * (width - 1), 0, width - 1))
-        centre_row = top[col] + (0.35 + 0.3 * rng.random()) * (bottom[col] - top[col])
+        centre_row = top[col] + (0.3 + 0.4 * lesion.depth) * (bottom[col] - top[col])
         radius_rows = max(0.5 * lesion.height * scale * thickness_px[col], 0.75)
         radius_cols = max(lesion.half_width * scale * width / 2, 1.0)
         inside = ((rows - centre_row) / radius_rows) ** 2 + ((u[None, :] - lesion.u) * width / 2 / radius_cols) ** 2
@@ -442,12 +451,13 @@ def render_bscan(volume: Volume, slice_index: int, rng: np.random.Generator, con
     for lesion, scale in disruptions:
         region = _bump(u, lesion.u, lesion.half_width * scale, 0.5)[None, :]
         outer = (rows >= tops["myoid"][None, :] - 1) & (rows < tops["rpe"][None, :] + 0.5 * thick["rpe"][None, :])
-        mottle = 0.45 + 0.9 * rng.random((height, width)).astype(np.float32)
+        mottle = 0.45 + 0.9 * np.random.default_rng([lesion.seed, slice_index]).random((height, width))
         reflectivity = np.where(outer, reflectivity * (1 - lesion.contrast * region * 0.8)
                                 + lesion.contrast * region * 0.45 * mottle, reflectivity)
-    if "ped" in drawn:  # fibrovascular PED: mottled, brighter than drusen material
+    for lesion in peds:  # fibrovascular PED: mottled, brighter than drusen material
         sub = (rows >= tops["sub_rpe"][None, :]) & (rows < tops["choroid"][None, :])
-        reflectivity = np.where(sub, reflectivity * (0.7 + 0.9 * rng.random((height, width))), reflectivity)
+        mottle = 0.7 + 0.9 * np.random.default_rng([lesion.seed, slice_index]).random((height, width))
+        reflectivity = np.where(sub, reflectivity * mottle, reflectivity)
 
     # Retinal vessels in the inner retina cast shadows downward.
     for vessel_u, half_width, strength in anat["vessels"]:
