@@ -184,3 +184,13 @@ def test_densenet40_imagenet_offline(tmp_path, monkeypatch):
     # The registry keeps refusing weights="imagenet" for a student (the option is backbone_weights).
     with pytest.raises(ValueError, match="no ImageNet weights"):
         build_model("densenet40", input_shape=(32, 32, 3), num_classes=2, weights="imagenet")
+
+
+def test_densenet40_keras_file_round_trip(tmp_path):
+    """The custom adaptive-pooling layer is serialisable: a saved .keras file reloads and computes the same."""
+    model = build_model("densenet40", input_shape=(40, 40, 1), num_classes=2, dropout=0.2)
+    path = tmp_path / "densenet40.keras"
+    model.save(path)
+    again = keras.models.load_model(path)
+    x = np.random.default_rng(3).uniform(0, 255, (1, 40, 40, 1)).astype("float32")
+    np.testing.assert_allclose(np.asarray(again(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-5)

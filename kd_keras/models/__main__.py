@@ -112,10 +112,11 @@ def format_markdown(rows: list[ZooRow], size: int, channels: int, classes: int) 
     lines += [
         "",
         '*reference*: "equal" when the count equals the original implementation\'s at 1000 classes and 224x224x3 '
-        "(imgclsmob for the OCT study's students, Keras' include-top models for the teachers, study 004's paper for "
-        '`densenet40`); "-" when there is none (study 000\'s students and the VGG16 teacher, whose head is global '
-        "average pooling + Dense instead of VGG's 4096-wide FC layers). MACs: multiply-adds of convolutions and "
-        "Dense layers for one image (`kd_keras.models.profile`).",
+        "(imgclsmob for the OCT study's students, Keras' include-top models for the teachers; for `densenet40`, "
+        'study 004\'s 1,364,142 at 14 classes with the head re-sized to 1000); "-" when there is none (study '
+        "000's students and the VGG16 teacher, whose head is global average pooling + Dense instead of VGG's "
+        "4096-wide FC layers). MACs: multiply-adds of convolutions and Dense layers for one image "
+        "(`kd_keras.models.profile`).",
         "",
         "Keras offers no DenseNet-161 (study 003's network); `densenet201` is the closest DenseNet with ImageNet "
         "weights in `keras.applications`.",
