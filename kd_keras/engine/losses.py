@@ -316,7 +316,8 @@ def attention_transfer_loss(
         variant:
             - ``"paper"`` (study 004, eq. 1): each of the ``C`` feature planes is vectorised and L2-normalised,
               and ``L_AT = 1/C * sum_j || Q_S^j/||Q_S^j|| - Q_T^j/||Q_T^j|| ||_2`` (a norm, not squared).
-              Needs the same number of channels in both maps.
+              Needs the same number of channels in both maps. An all-zero plane (a dead ReLU channel)
+              normalises to zeros, as PyTorch's ``F.normalize`` does.
             - ``"zagoruyko"``: the original authors' public code, ``at(x) = normalize(x.pow(2).mean(1))`` and
               ``(at(s) - at(t)).pow(2).mean()``: one spatial map per example (channel mean of squared
               activations), L2-normalised over positions, mean squared difference over positions. Channel
