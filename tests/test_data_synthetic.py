@@ -273,3 +273,27 @@ def test_natural_pool_user_folder(tmp_path):
         natural_image_pool(tmp_path / "absent")
     cv2.imwrite(str(folder / "a.jpg"), np.zeros((8, 8, 3), np.uint8))
     assert natural_image_pool(tmp_path / "mine") == Path(tmp_path / "mine")
+
+
+def test_fundus_crop_finds_the_synthetic_disc():
+    from kd_keras.data.preprocess import fundus_circle_box
+
+    image, _ = render_fundus(np.random.default_rng(9), 2, "right", 128)
+    padded = np.zeros((128, 200, 3), np.uint8)
+    padded[:, 30:158] = image  # a wide frame, disc off-centre
+    row, col, radius = fundus_circle_box(padded)
+    assert abs(col - (30 + 64)) <= 4 and abs(row - 64) <= 4 and 52 <= radius <= 66
+
+
+def test_oct_two_eyes_and_jpeg(tmp_path):
+    config = SyntheticOCTConfig(image_size=(32, 32), bscans_per_volume=16, bscans_sampled_per_volume=3,
+                                volumes_per_patient=2, labeled_patients=2, unlabeled_patients=1, test_patients=0,
+                                image_format="jpeg")
+    root = generate_synthetic_oct(tmp_path / "jpeg", config)
+    rows = _index(root)
+    assert len(rows) == 3 * 2 * 3 and all(row["file"].endswith(".jpeg") for row in rows)
+    for patient in {row["patient"] for row in rows}:
+        numbers = [int(Path(row["file"]).stem.rsplit("-", 1)[1]) for row in rows if row["patient"] == patient]
+        assert sorted(numbers) == list(range(1, 7))  # unique image numbers across both eyes
+        assert {row["volume"] for row in rows if row["patient"] == patient} == {f"{patient}-0", f"{patient}-1"}
+    assert read_image(root / rows[0]["file"]).shape == (32, 32, 1)

@@ -24,13 +24,23 @@ retinal vessels) and, for a diseased eye, a set of 3-D lesions near the fovea. A
 - lesions cut by the slice, sized by the ellipsoidal cross-section: intraretinal fluid cysts with retinal
   thickening and hard exudates (DME); subretinal fluid, a pigment-epithelial detachment and outer-layer
   disruption (CNV); sub-RPE drusen bumps (DRUSEN);
-- multiplicative (log-normal, spatially correlated) speckle, log compression, additive noise and a random
-  gain/offset/gamma per B-scan so global intensity statistics say little about the label.
+- normal look-alikes: a gentle RPE ripple, a faint posterior hyaloid line, choroidal vessels;
+- a scanner style per eye (speckle grain, axial blur), multiplicative (log-normal, spatially correlated)
+  speckle, log compression, additive noise and a random gain/offset/gamma per B-scan, so global intensity
+  statistics say little about the label.
 
 A B-scan is abnormal iff a lesion is drawn in it: a lesion's cross-section is drawn only when it is at least
 ``min_lesion_px`` high and twice that wide at the output size, so edge slices of a lesion are small but never
 invisible. Its class folder is the eye's disease if it shows a lesion, else ``NORMAL`` (so a patient can appear
 under NORMAL and a disease, as in OCT2017). ``difficulty`` scales lesion size and contrast down and speckle up.
+
+Default (``SyntheticOCTConfig()``): 64x64 PNGs; 16 B-scans written per 128-B-scan volume (fovea-weighted),
+one volume per patient; 20 labeled patients (320 B-scans), 140 pool patients (2,240), 40 test patients (640):
+3,200 B-scans, about half abnormal, generated in about 4 s on one CPU core. Few labels on purpose: on this
+default (seed 0), ``python -m kd_keras.data.synthetic_oct --check`` gives test AUC (normal vs abnormal)
+0.51 for logistic regression on intensity histograms, 0.82 for a 25k-parameter CNN trained on the 320 labeled
+B-scans and 0.96 for the same CNN and number of steps on labeled + pool with true labels (the ceiling that
+pseudo-labels approach).
 
 Example:
 
@@ -575,6 +585,8 @@ def generate_synthetic_oct(
     Args:
         out_dir: dataset folder; ``None`` uses ``default_cache_dir()/synthetic_oct/<config fingerprint>``.
         config: generator parameters (``SyntheticOCTConfig()`` by default: 64x64, 200 patients, 3,200 B-scans).
+            The pool's labels are written only to ``index.csv`` and ``unlabeled_truth.csv`` at the root, never
+            under ``unlabeled/``.
         overwrite: regenerate even if ``out_dir`` already holds this config; a folder holding a different
             config (or anything else) is refused unless ``overwrite`` is set.
         progress: show a progress bar.
