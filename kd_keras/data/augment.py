@@ -200,7 +200,8 @@ def build_augmenter(
 
     Args:
         flip: ``"horizontal"`` (column flip), ``"vertical"`` (row flip), ``"horizontal_and_vertical"`` (000's
-            row- and column-wise flips) or ``None``.
+            row- and column-wise flips, each independent) or ``None``. For OCT B-scans use ``"horizontal"``:
+            an upside-down retina never occurs.
         rotation_degrees: maximum absolute rotation in degrees (002: 15).
         vertical_shift: maximum vertical translation as a fraction of the height (002's vertical shift; moves a
             retina up or down the B-scan).
