@@ -31,11 +31,13 @@ def tiny_model(name: str, classes: int = 3, channels: int = 4, seed: int = 0, dr
     init = lambda i: keras.initializers.GlorotUniform(seed=seed * 10 + i)  # noqa: E731
     x = keras.Input((SIZE, SIZE, 1), name="image")
     h = keras.layers.Rescaling(1 / 255.0)(x)
-    h = keras.layers.Conv2D(channels, 3, padding="same", activation="relu", name="stage1",
-                            kernel_initializer=init(1))(h)
+    h = keras.layers.Conv2D(
+        channels, 3, padding="same", activation="relu", name="stage1", kernel_initializer=init(1)
+    )(h)
     h = keras.layers.MaxPooling2D()(h)
-    h = keras.layers.Conv2D(channels, 3, padding="same", activation="relu", name="stage2",
-                            kernel_initializer=init(2))(h)
+    h = keras.layers.Conv2D(
+        channels, 3, padding="same", activation="relu", name="stage2", kernel_initializer=init(2)
+    )(h)
     f = keras.layers.GlobalAveragePooling2D(name="features")(h)
     if dropout:
         f = keras.layers.Dropout(dropout, name="dropout")(f)
@@ -55,7 +57,7 @@ def make_batch(n: int = 8, classes: int = 3, seed: int = 0) -> dict[str, np.ndar
 
 def one_step(distiller: Distiller, batch: dict, **fit_kwargs) -> dict[str, float]:
     stream = tf.data.Dataset.from_tensor_slices(batch).batch(len(batch[schema.IMAGE]))
-    history = distiller.fit(stream, epochs=1, verbose=0, **fit_kwargs)
+    history = distiller.fit(stream, epochs=1, verbose=0, shuffle=False, **fit_kwargs)
     return {k: v[-1] for k, v in history.history.items()}
 
 
@@ -76,15 +78,28 @@ def test_hinton_step_reports_hand_computed_loss_and_applies_the_global_mean_grad
         expected.append(alpha * ce + (1 - alpha) * temp**2 * float(np.sum(p * np.log(p / q))))
     # The gradient the step must apply: of the batch mean of the per-example losses.
     with tf.GradientTape() as tape:
-        mean = tf.reduce_mean(losses.hinton_loss(batch[schema.LABEL], t, student(batch[schema.IMAGE]), alpha, temp,
-                                                 labeled=batch[schema.LABELED]))
+        mean = tf.reduce_mean(
+            losses.hinton_loss(
+                batch[schema.LABEL],
+                t,
+                student(batch[schema.IMAGE]),
+                alpha,
+                temp,
+                labeled=batch[schema.LABELED],
+            )
+        )
     gradients = tape.gradient(mean, student.trainable_weights)
-    expected_weights = [w.numpy() - lr * g.numpy() for w, g in zip(student.trainable_weights, gradients, strict=True)]
+    expected_weights = [
+        w.numpy() - lr * g.numpy() for w, g in zip(student.trainable_weights, gradients, strict=True)
+    ]
     teacher_before = [w.copy() for w in teacher.get_weights()]
 
     distiller = Distiller(student, teacher)
-    distiller.compile(keras.optimizers.SGD(lr), metrics=["sparse_categorical_accuracy"],
-                      objective=get_objective("hinton", alpha=alpha, temperature=temp))
+    distiller.compile(
+        keras.optimizers.SGD(lr),
+        metrics=["sparse_categorical_accuracy"],
+        objective=get_objective("hinton", alpha=alpha, temperature=temp),
+    )
     logs = one_step(distiller, batch)
 
     assert logs["loss"] == pytest.approx(np.mean(expected), rel=1e-5)
@@ -109,11 +124,15 @@ def test_cached_teacher_logits_replace_the_teacher():
 
     distiller = Distiller(student, teacher)  # has a teacher, but the batch's cache wins
     distiller.compile(keras.optimizers.SGD(0.0), objective="hinton")
-    assert one_step(distiller, {**batch, schema.TEACHER_LOGITS: cached})["loss"] == pytest.approx(expected, rel=1e-5)
+    assert one_step(distiller, {**batch, schema.TEACHER_LOGITS: cached})["loss"] == pytest.approx(
+        expected, rel=1e-5
+    )
 
     no_teacher = Distiller(tiny_model("student", seed=1))
     no_teacher.compile(keras.optimizers.SGD(0.0), objective="hinton")
-    assert one_step(no_teacher, {**batch, schema.TEACHER_LOGITS: cached})["loss"] == pytest.approx(expected, rel=1e-5)
+    assert one_step(no_teacher, {**batch, schema.TEACHER_LOGITS: cached})["loss"] == pytest.approx(
+        expected, rel=1e-5
+    )
     with pytest.raises(ValueError, match="'hinton' needs a teacher"):
         one_step(no_teacher, batch)
 
@@ -128,12 +147,36 @@ def test_pseudo_label_binary_one_logit_head():
     sig = 1 / (1 + np.exp(-z_s))
     expected = np.mean(-(target * np.log(sig) + (1 - target) * np.log(1 - sig)))
     distiller = Distiller(student, teacher)
-    distiller.compile(keras.optimizers.SGD(0.0), metrics=[keras.metrics.BinaryAccuracy(threshold=0.0)],
-                      objective="pseudo_label")
+    distiller.compile(
+        keras.optimizers.SGD(0.0),
+        metrics=[keras.metrics.BinaryAccuracy(threshold=0.0)],
+        objective="pseudo_label",
+    )
     logs = one_step(distiller, batch)
     assert logs["loss"] == pytest.approx(expected, rel=1e-5)
     labeled = batch[schema.LABELED] == 1
-    assert logs["binary_accuracy"] == pytest.approx(np.mean((z_s[labeled] > 0) == (batch[schema.LABEL][labeled] > 0)))
+    assert logs["binary_accuracy"] == pytest.approx(
+        np.mean((z_s[labeled] > 0) == (batch[schema.LABEL][labeled] > 0))
+    )
+
+
+def test_conditional_distillation_step_and_teacher_accuracy_over_labeled_examples():
+    student, teacher = tiny_model("student", seed=1), tiny_model("teacher", seed=2)
+    batch = make_batch(seed=3)
+    s, t = student.predict(batch[schema.IMAGE], verbose=0), teacher.predict(batch[schema.IMAGE], verbose=0)
+    y, labeled = batch[schema.LABEL], batch[schema.LABELED]
+    right = np.argmax(t, 1) == y
+    expected = [
+        -np.sum(softmax(t[i]) * np.log(softmax(s[i])))
+        if (right[i] or not labeled[i])
+        else -math.log(softmax(s[i])[y[i]])
+        for i in range(8)
+    ]
+    distiller = Distiller(student, teacher)
+    distiller.compile(keras.optimizers.SGD(0.0), objective="conditional")
+    logs = one_step(distiller, batch)
+    assert logs["loss"] == pytest.approx(np.mean(expected), rel=1e-5)
+    assert logs["teacher_correct"] == pytest.approx(np.mean(right[labeled == 1]))
 
 
 def test_evaluate_reports_cross_entropy_and_metrics_on_labeled_examples_only():
@@ -143,8 +186,9 @@ def test_evaluate_reports_cross_entropy_and_metrics_on_labeled_examples_only():
     labeled = batch[schema.LABELED] == 1
     ce = [-math.log(softmax(s[i])[batch[schema.LABEL][i]]) for i in np.flatnonzero(labeled)]
     distiller = Distiller(student, tiny_model("teacher", seed=5))
-    distiller.compile(keras.optimizers.SGD(0.1), metrics=["sparse_categorical_accuracy"],
-                      objective="conditional")
+    distiller.compile(
+        keras.optimizers.SGD(0.1), metrics=["sparse_categorical_accuracy"], objective="conditional"
+    )
     stream = tf.data.Dataset.from_tensor_slices(batch).batch(8)
     result = distiller.evaluate(stream, verbose=0, return_dict=True)
     assert set(result) == {"loss", "sparse_categorical_accuracy"}
@@ -156,20 +200,26 @@ def test_evaluate_reports_cross_entropy_and_metrics_on_labeled_examples_only():
 def test_save_student_writes_the_student_alone_and_save_is_refused(tmp_path):
     student, teacher = tiny_model("student", seed=1), tiny_model("teacher", seed=2, channels=6)
     distiller = Distiller(student, teacher)
-    distiller.compile(keras.optimizers.SGD(0.1), objective=get_objective("fitnets", student_tap="stage1",
-                                                                         teacher_tap="stage2"))
+    distiller.compile(
+        keras.optimizers.SGD(0.1),
+        objective=get_objective("fitnets", student_tap="stage1", teacher_tap="stage2"),
+    )
     regressor_before = [w.copy() for w in distiller.objective.regressor.get_weights()]
     one_step(distiller, make_batch())
     # The regressor trained with the student ...
-    assert any(np.abs(a - b).max() > 0 for a, b in zip(distiller.objective.regressor.get_weights(),
-                                                        regressor_before, strict=True))
+    assert any(
+        np.abs(a - b).max() > 0
+        for a, b in zip(distiller.objective.regressor.get_weights(), regressor_before, strict=True)
+    )
     path = distiller.save_student(tmp_path / "student.keras")
     loaded = keras.models.load_model(path)
     # ... but the saved file holds the student only (no teacher, no regressor).
     assert [layer.name for layer in loaded.layers] == [layer.name for layer in student.layers]
     assert len(loaded.weights) == len(student.weights)
     images = make_batch(seed=7)[schema.IMAGE]
-    np.testing.assert_allclose(loaded.predict(images, verbose=0), student.predict(images, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(images, verbose=0), student.predict(images, verbose=0), atol=1e-6
+    )
     with pytest.raises(TypeError, match="save_student"):
         distiller.save(tmp_path / "distiller.keras")
     with pytest.raises(ValueError, match="must end in .keras"):
@@ -179,20 +229,32 @@ def test_save_student_writes_the_student_alone_and_save_is_refused(tmp_path):
 def test_attention_transfer_objective_uses_the_named_taps():
     student, teacher = tiny_model("student", seed=1), tiny_model("teacher", seed=2)
     batch = make_batch()
-    s_map = keras.Model(student.input, student.get_layer("stage1").output).predict(batch[schema.IMAGE], verbose=0)
-    t_map = keras.Model(teacher.input, teacher.get_layer("stage2").output).predict(batch[schema.IMAGE], verbose=0)
+    s_map = keras.Model(student.input, student.get_layer("stage1").output).predict(
+        batch[schema.IMAGE], verbose=0
+    )
+    t_map = keras.Model(teacher.input, teacher.get_layer("stage2").output).predict(
+        batch[schema.IMAGE], verbose=0
+    )
     s = student.predict(batch[schema.IMAGE], verbose=0)
-    ce = np.array([-math.log(softmax(s[i])[batch[schema.LABEL][i]]) for i in range(8)]) * batch[schema.LABELED]
+    ce = (
+        np.array([-math.log(softmax(s[i])[batch[schema.LABEL][i]]) for i in range(8)]) * batch[schema.LABELED]
+    )
     pooled = s_map.reshape(8, 8, 2, 8, 2, 4).mean(axis=(2, 4))  # stage1 is 16x16, stage2 8x8
     unit = lambda v: v / max(np.linalg.norm(v), 1e-12)  # noqa: E731  (an all-zero ReLU plane stays zero)
     attention = []
     for b in range(8):
-        planes = [np.linalg.norm(unit(pooled[b, :, :, c].ravel()) - unit(t_map[b, :, :, c].ravel()))
-                  for c in range(4)]
+        planes = [
+            np.linalg.norm(unit(pooled[b, :, :, c].ravel()) - unit(t_map[b, :, :, c].ravel()))
+            for c in range(4)
+        ]
         attention.append(np.mean(planes))
     distiller = Distiller(student, teacher)
-    distiller.compile(keras.optimizers.SGD(0.0), objective=get_objective(
-        "attention_transfer", student_taps=["stage1"], teacher_taps=["stage2"], beta=10.0))
+    distiller.compile(
+        keras.optimizers.SGD(0.0),
+        objective=get_objective(
+            "attention_transfer", student_taps=["stage1"], teacher_taps=["stage2"], beta=10.0
+        ),
+    )
     logs = one_step(distiller, batch)
     assert logs["attention"] == pytest.approx(np.mean(attention), rel=1e-4)
     assert logs["loss"] == pytest.approx(np.mean(ce + np.array(attention) / 10.0), rel=1e-4)
@@ -215,22 +277,27 @@ def test_noisy_student_teacher_sees_the_clean_image_student_the_augmented_one():
     targets = np.where(labeled[:, None] == 1, np.eye(3)[batch[schema.LABEL]], softmax(t_clean))
     expected = np.mean(-np.sum(targets * np.log(softmax(s_aug)), 1))
     distiller = Distiller(student, teacher)
-    distiller.compile(keras.optimizers.SGD(0.0), objective=get_objective(
-        "noisy_student", student_augmentation=FlipWidth(), soft=True))
+    distiller.compile(
+        keras.optimizers.SGD(0.0),
+        objective=get_objective("noisy_student", student_augmentation=FlipWidth(), soft=True),
+    )
     assert one_step(distiller, batch)["loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_simclr_loss_uses_both_views_and_the_projection_head():
+    keras.utils.set_random_seed(0)  # the projection head's initialisation
     student = tiny_model("encoder", seed=1)
     batch = make_batch()
     distiller = Distiller(student)
-    distiller.compile(keras.optimizers.SGD(0.0), objective=get_objective("simclr", projection_dim=5,
-                                                                         temperature=0.5))
+    distiller.compile(
+        keras.optimizers.SGD(0.0), objective=get_objective("simclr", projection_dim=5, temperature=0.5)
+    )
     features = keras.Model(student.input, student.get_layer("features").output)
     z1 = distiller.objective.head(features(batch[schema.IMAGE])).numpy().astype(np.float64)
     z2 = distiller.objective.head(features(batch[schema.VIEW2])).numpy().astype(np.float64)
     z = np.concatenate([z1, z2])
-    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    assert np.all(np.abs(z).sum(1) > 0), "a zero projection would make the check weak"
     sim = np.exp(z @ z.T / 0.5)
     n = 8
     ell = lambda i, j: -math.log(sim[i, j] / (sim[i].sum() - sim[i, i]))  # noqa: E731
@@ -244,8 +311,9 @@ def test_ema_teacher_is_updated_after_each_step():
     student = tiny_model("student", seed=1)
     before = [w.copy() for w in student.get_weights()]
     distiller = Distiller(student, ema_decay=0.75)
-    distiller.compile(keras.optimizers.SGD(0.5), objective=get_objective("fixmatch", guess_with="teacher",
-                                                                         threshold=0.0))
+    distiller.compile(
+        keras.optimizers.SGD(0.5), objective=get_objective("fixmatch", guess_with="teacher", threshold=0.0)
+    )
     one_step(distiller, make_batch())
     after = student.get_weights()
     assert any(np.abs(a - b).max() > 1e-4 for a, b in zip(after, before, strict=True))
@@ -270,8 +338,18 @@ def test_nan_loss_stops_with_a_one_line_message():
 
 def test_objective_registry_and_config_errors():
     assert set(list_objectives()) == {
-        "hard_label", "hinton", "soft_target_student_teacher", "conditional", "pseudo_label", "noisy_student",
-        "attention_transfer", "fitnets", "simclr", "fixmatch", "mixmatch"}
+        "hard_label",
+        "hinton",
+        "soft_target_student_teacher",
+        "conditional",
+        "pseudo_label",
+        "noisy_student",
+        "attention_transfer",
+        "fitnets",
+        "simclr",
+        "fixmatch",
+        "mixmatch",
+    }
     objective = get_objective({"name": "hinton", "alpha": 0.5, "temperature": 2.0})
     assert (objective.alpha, objective.temperature) == (0.5, 2.0)
     with pytest.raises(KeyError, match="unknown objective 'kd'.*hinton"):

@@ -29,11 +29,13 @@ def tiny_model(name, classes=3, channels=4, seed=0):
     init = lambda i: keras.initializers.GlorotUniform(seed=seed * 10 + i)  # noqa: E731
     x = keras.Input((SIZE, SIZE, 1), name="image")
     h = keras.layers.Rescaling(1 / 255.0)(x)
-    h = keras.layers.Conv2D(channels, 3, padding="same", activation="relu", name="stage1",
-                            kernel_initializer=init(1))(h)
+    h = keras.layers.Conv2D(
+        channels, 3, padding="same", activation="relu", name="stage1", kernel_initializer=init(1)
+    )(h)
     h = keras.layers.MaxPooling2D()(h)
-    h = keras.layers.Conv2D(channels, 3, padding="same", activation="relu", name="stage2",
-                            kernel_initializer=init(2))(h)
+    h = keras.layers.Conv2D(
+        channels, 3, padding="same", activation="relu", name="stage2", kernel_initializer=init(2)
+    )(h)
     f = keras.layers.GlobalAveragePooling2D(name="features")(h)
     out = keras.layers.Dense(classes, name="logits", kernel_initializer=init(3))(f)
     return keras.Model(x, out, name=name)
@@ -46,14 +48,14 @@ class FlipWidth(keras.layers.Layer):
         return x[:, :, ::-1, :] if training else x
 
 
-def make_batch(classes=3):
+def make_batch(classes=3, n=N):
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, classes, N)
+    labels = rng.integers(0, classes, n)
     return {
-        schema.IMAGE: rng.uniform(0, 255, (N, SIZE, SIZE, 1)).astype("float32"),
-        schema.VIEW2: rng.uniform(0, 255, (N, SIZE, SIZE, 1)).astype("float32"),
+        schema.IMAGE: rng.uniform(0, 255, (n, SIZE, SIZE, 1)).astype("float32"),
+        schema.VIEW2: rng.uniform(0, 255, (n, SIZE, SIZE, 1)).astype("float32"),
         schema.LABEL: labels.astype("int32") if classes > 1 else (labels % 2).astype("float32"),
-        schema.LABELED: (np.arange(N) % 2).astype("float32"),
+        schema.LABELED: (np.arange(n) % 2).astype("float32"),
     }
 
 
@@ -67,13 +69,25 @@ CASES = {
     "pseudo_label": ({}, {}, 3),
     "noisy_student": ({"student_augmentation": "flip"}, {}, 3),
     "attention_transfer": ({"student_taps": ["stage1"], "teacher_taps": ["stage2"], "beta": 10.0}, {}, 3),
-    "attention_transfer_zagoruyko": ({"name": "attention_transfer", "student_taps": ["stage2"],
-                                      "teacher_taps": ["stage2"], "variant": "zagoruyko", "beta": 0.01}, {}, 3),
+    "attention_transfer_zagoruyko": (
+        {
+            "name": "attention_transfer",
+            "student_taps": ["stage2"],
+            "teacher_taps": ["stage2"],
+            "variant": "zagoruyko",
+            "beta": 0.01,
+        },
+        {},
+        3,
+    ),
     "fitnets": ({"student_tap": "stage1", "teacher_tap": "stage2"}, {}, 3),
     "simclr": ({"projection_dim": 8, "temperature": 0.1}, {"teacher": False}, 3),
     "fixmatch": ({"threshold": 0.3}, {"teacher": False}, 3),
-    "fixmatch_ema_teacher": ({"name": "fixmatch", "threshold": 0.3, "guess_with": "teacher"},
-                             {"teacher": False, "ema_decay": 0.9}, 3),
+    "fixmatch_ema_teacher": (
+        {"name": "fixmatch", "threshold": 0.3, "guess_with": "teacher"},
+        {"teacher": False, "ema_decay": 0.9},
+        3,
+    ),
     "mixmatch": ({"seed": 3, "lambda_u": 10.0}, {"teacher": False}, 3),
 }
 
@@ -83,7 +97,7 @@ def test_every_registered_objective_has_a_replica_case():
     assert covered == set(list_objectives())
 
 
-def run_one_step(case, strategy):
+def run_one_step(case, strategy, n=N):
     config, options, classes = CASES[case]
     config = dict(config)
     name = config.pop("name", case)
@@ -95,10 +109,13 @@ def run_one_step(case, strategy):
             config["student_augmentation"] = FlipWidth()
         distiller = Distiller(student, teacher, ema_decay=options.get("ema_decay"))
         distiller.compile(keras.optimizers.SGD(0.5, momentum=0.9), objective=get_objective(name, **config))
-    stream = tf.data.Dataset.from_tensor_slices(make_batch(classes)).batch(N)
+    stream = tf.data.Dataset.from_tensor_slices(make_batch(classes, n)).batch(N)
     history = distiller.fit(stream, epochs=1, verbose=0, shuffle=False)
-    return ({k: v[-1] for k, v in history.history.items()}, [w.numpy() for w in student.trainable_weights],
-            [w.numpy() for w in distiller.teacher.weights] if options.get("ema_decay") else [])
+    return (
+        {k: v[-1] for k, v in history.history.items()},
+        [w.numpy() for w in student.trainable_weights],
+        [w.numpy() for w in distiller.teacher.weights] if options.get("ema_decay") else [],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -110,16 +127,29 @@ def strategies():
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_two_replicas_give_the_same_step_as_one_device(case, strategies):
+    check_same_step(case, strategies, N)
+
+
+@pytest.mark.parametrize("case", ["simclr", "mixmatch"])
+def test_uneven_replica_batches_gather_the_right_examples(case, strategies):
+    check_same_step(case, strategies, N - 1)  # a last partial batch: 4 + 3 examples on the two replicas
+
+
+def check_same_step(case, strategies, n):
     one, two = strategies
     assert two.num_replicas_in_sync == 2
-    logs_1, weights_1, ema_1 = run_one_step(case, one)
-    logs_2, weights_2, ema_2 = run_one_step(case, two)
+    logs_1, weights_1, ema_1 = run_one_step(case, one, n)
+    logs_2, weights_2, ema_2 = run_one_step(case, two, n)
     assert logs_1.keys() == logs_2.keys()
     for key in logs_1:
         assert logs_2[key] == pytest.approx(logs_1[key], abs=1e-5, rel=1e-5), key
     moved = 0.0
-    for w1, w2, w0 in zip(weights_1, weights_2, [w.numpy() for w in tiny_model("s", CASES[case][2], seed=1)
-                                                   .trainable_weights], strict=True):
+    for w1, w2, w0 in zip(
+        weights_1,
+        weights_2,
+        [w.numpy() for w in tiny_model("s", CASES[case][2], seed=1).trainable_weights],
+        strict=True,
+    ):
         np.testing.assert_allclose(w2, w1, atol=1e-5)
         moved = max(moved, float(np.abs(w1 - w0).max()))
     assert moved > 1e-4, "the step did not change the student: the comparison would be vacuous"
@@ -152,7 +182,7 @@ def test_tf_config_parsing():
         tf_config_workers({"TF_CONFIG": '{"cluster": {}}'})
 
 
-WORKER = textwrap.dedent('''
+WORKER = textwrap.dedent("""
     import json, os, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     import tensorflow as tf
@@ -170,9 +200,10 @@ WORKER = textwrap.dedent('''
     stream = tf.data.Dataset.from_tensor_slices(make_batch()).batch(N).repeat()
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    history = distiller.fit(stream.with_options(options), epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
+    history = distiller.fit(stream.with_options(options), epochs=1, steps_per_epoch=2, verbose=0,
+                            shuffle=False)
     np.savez(sys.argv[1], loss=history.history["loss"][-1], *[w.numpy() for w in student.trainable_weights])
-''')
+""")
 
 
 def free_port() -> int:
@@ -187,12 +218,26 @@ def test_two_workers_on_loopback_match_one_device(tmp_path, strategies):
     script.write_text(WORKER)
     workers = []
     for index in range(2):
-        tf_config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                     "task": {"type": "worker", "index": index}}
-        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "KD_TEST_DIR": str(Path(__file__).parent),
-               "PYTHONPATH": str(REPO_ROOT), "CUDA_VISIBLE_DEVICES": ""}
-        workers.append(subprocess.Popen([sys.executable, str(script), str(tmp_path / f"worker{index}.npz")],
-                                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        tf_config = {
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": index},
+        }
+        env = {
+            **os.environ,
+            "TF_CONFIG": json.dumps(tf_config),
+            "KD_TEST_DIR": str(Path(__file__).parent),
+            "PYTHONPATH": str(REPO_ROOT),
+            "CUDA_VISIBLE_DEVICES": "",
+        }
+        workers.append(
+            subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path / f"worker{index}.npz")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outputs = []
     try:
         for worker in workers:
@@ -200,11 +245,21 @@ def test_two_workers_on_loopback_match_one_device(tmp_path, strategies):
     except subprocess.TimeoutExpired:
         for worker in workers:
             worker.kill()
-        pytest.skip("two local workers did not finish in 150 s: collectives over loopback seem unavailable here")
+        pytest.skip(
+            "two local workers did not finish in 150 s: collectives over loopback seem unavailable here"
+        )
     if any(w.returncode for w in workers):
         text = "\n".join(outputs)
-        if any(s in text for s in ("UNAVAILABLE", "Connection refused", "Failed to connect", "DEADLINE_EXCEEDED",
-                                   "Address already in use")):
+        if any(
+            s in text
+            for s in (
+                "UNAVAILABLE",
+                "Connection refused",
+                "Failed to connect",
+                "DEADLINE_EXCEEDED",
+                "Address already in use",
+            )
+        ):
             pytest.skip("the collective could not start on 127.0.0.1 in this sandbox: " + text.strip()[-300:])
         pytest.fail("a worker failed:\n" + text[-3000:])
 

@@ -36,7 +36,7 @@ def close(actual, expected, atol=1e-6):
     np.testing.assert_allclose(np.asarray(actual), np.asarray(expected, np.float64), rtol=RTOL, atol=atol)
 
 
-# ---- hard labels ---------------------------------------------------------------------------------------------
+# ---- hard labels -------------------------------------------------------------------------------------------
 
 
 def test_hard_label_multiclass_matches_closed_form():
@@ -51,8 +51,10 @@ def test_hard_label_multiclass_matches_closed_form():
 def test_hard_label_binary_one_logit_is_sigmoid_bce_and_equals_two_logits_0_z():
     z = np.array([[0.3], [-1.2], [2.0]], np.float32)
     y = np.array([1.0, 0.0, 0.0], np.float32)
-    expected = [-(t * math.log(sigmoid(v)) + (1 - t) * math.log(1 - sigmoid(v))) for v, t in zip(z[:, 0], y,
-                                                                                                  strict=True)]
+    expected = [
+        -(t * math.log(sigmoid(v)) + (1 - t) * math.log(1 - sigmoid(v)))
+        for v, t in zip(z[:, 0], y, strict=True)
+    ]
     close(losses.hard_label_cross_entropy(y, z), expected)
     two = np.concatenate([np.zeros_like(z), z], axis=1)
     close(losses.hard_label_cross_entropy(y.astype(np.int32), two), expected)
@@ -63,8 +65,10 @@ def test_hard_label_multilabel_averages_per_label_bce():
     y = np.array([[1, 0, 1], [0, 1, 1]], np.float32)
     expected = []
     for zr, yr in zip(z, y, strict=True):
-        terms = [-(t * math.log(sigmoid(v)) + (1 - t) * math.log(1 - sigmoid(v))) for v, t in zip(zr, yr,
-                                                                                                  strict=True)]
+        terms = [
+            -(t * math.log(sigmoid(v)) + (1 - t) * math.log(1 - sigmoid(v)))
+            for v, t in zip(zr, yr, strict=True)
+        ]
         expected.append(sum(terms) / len(terms))
     close(losses.hard_label_cross_entropy(y, z, task="multilabel"), expected)
 
@@ -76,7 +80,7 @@ def test_task_errors_are_clear():
         losses.resolve_task("regression", tf.zeros((1, 2)))
 
 
-# ---- Hinton soft targets -------------------------------------------------------------------------------------
+# ---- Hinton soft targets -----------------------------------------------------------------------------------
 
 
 def test_hinton_hand_value():
@@ -99,8 +103,10 @@ def test_hinton_multiclass_with_temperature_and_mask():
         ce = -math.log(softmax(s[i])[y[i]]) * labeled[i]
         expected.append(alpha * ce + (1 - alpha) * temp**2 * kl(softmax(t[i] / temp), softmax(s[i] / temp)))
     close(losses.hinton_loss(y, t, s, alpha, temp, labeled=labeled), expected)
-    close(losses.soft_target_kl(t, s, temp), [temp**2 * kl(softmax(t[i] / temp), softmax(s[i] / temp))
-                                              for i in range(4)])
+    close(
+        losses.soft_target_kl(t, s, temp),
+        [temp**2 * kl(softmax(t[i] / temp), softmax(s[i] / temp)) for i in range(4)],
+    )
 
 
 def test_hinton_binary_one_logit_is_bernoulli_kl():
@@ -132,14 +138,16 @@ def test_soft_target_student_teacher_is_ce_plus_alpha_soft():
     s = np.array([[0.5, 0.5], [1.0, -1.0]], np.float32)
     y, labeled = np.array([0, 1]), np.array([1.0, 0.0], np.float32)
     alpha, temp = 1.5, 3.0
-    expected = [-math.log(softmax(s[0])[0]) + alpha * temp**2 * kl(softmax(t[0] / temp), softmax(s[0] / temp)),
-                alpha * temp**2 * kl(softmax(t[1] / temp), softmax(s[1] / temp))]
+    expected = [
+        -math.log(softmax(s[0])[0]) + alpha * temp**2 * kl(softmax(t[0] / temp), softmax(s[0] / temp)),
+        alpha * temp**2 * kl(softmax(t[1] / temp), softmax(s[1] / temp)),
+    ]
     close(losses.soft_target_loss(y, labeled, t, s, alpha, temp, form="hard_plus_alpha_soft"), expected)
     with pytest.raises(ValueError, match="form must be one of"):
         losses.soft_target_loss(y, labeled, t, s, alpha, temp, form="mean")
 
 
-# ---- conditional distillation (000 eq. 2) --------------------------------------------------------------------
+# ---- conditional distillation (000 eq. 2) ------------------------------------------------------------------
 
 
 def test_conditional_distillation_soft_where_teacher_right_hard_where_wrong_soft_on_unlabeled():
@@ -147,13 +155,19 @@ def test_conditional_distillation_soft_where_teacher_right_hard_where_wrong_soft
     s = np.array([[0.1, 0.2, 0.3], [1.0, 0.0, -1.0], [0.5, 0.5, 0.0]], np.float32)
     y = np.array([0, 2, 0])  # example 0: teacher right; example 1: teacher wrong; example 2: unlabeled
     labeled = np.array([1.0, 1.0, 0.0], np.float32)
-    expected = [cross_entropy(softmax(t[0]), softmax(s[0])), -math.log(softmax(s[1])[2]),
-                cross_entropy(softmax(t[2]), softmax(s[2]))]
+    expected = [
+        cross_entropy(softmax(t[0]), softmax(s[0])),
+        -math.log(softmax(s[1])[2]),
+        cross_entropy(softmax(t[2]), softmax(s[2])),
+    ]
     close(losses.conditional_distillation_loss(y, labeled, t, s), expected)
     # With a temperature the soft terms use softmax(./T) and are scaled by T^2; the hard term is unchanged.
     temp = 2.0
-    expected_t = [temp**2 * cross_entropy(softmax(t[0] / temp), softmax(s[0] / temp)), expected[1],
-                  temp**2 * cross_entropy(softmax(t[2] / temp), softmax(s[2] / temp))]
+    expected_t = [
+        temp**2 * cross_entropy(softmax(t[0] / temp), softmax(s[0] / temp)),
+        expected[1],
+        temp**2 * cross_entropy(softmax(t[2] / temp), softmax(s[2] / temp)),
+    ]
     close(losses.conditional_distillation_loss(y, labeled, t, s, temperature=temp), expected_t)
 
 
@@ -166,7 +180,7 @@ def test_conditional_distillation_binary_one_logit():
     close(losses.conditional_distillation_loss(y, np.ones(2, np.float32), z_t, z_s), expected)
 
 
-# ---- pseudo-labels (002, 003) --------------------------------------------------------------------------------
+# ---- pseudo-labels (002, 003) ------------------------------------------------------------------------------
 
 
 def test_pseudo_labels_argmax_on_unlabeled_expert_labels_on_labeled():
@@ -174,12 +188,18 @@ def test_pseudo_labels_argmax_on_unlabeled_expert_labels_on_labeled():
     s = np.array([[0.0, 1.0, 2.0], [1.0, 1.0, 1.0], [2.0, 0.0, 0.0]], np.float32)
     y = np.array([0, 0, 2])
     labeled = np.array([1.0, 0.0, 0.0], np.float32)
-    expected = [-math.log(softmax(s[0])[0]),   # expert label 0 (teacher would say 1)
-                -math.log(softmax(s[1])[0]),   # teacher argmax 0
-                -math.log(softmax(s[2])[2])]   # teacher argmax 2
+    expected = [
+        -math.log(softmax(s[0])[0]),  # expert label 0 (teacher would say 1)
+        -math.log(softmax(s[1])[0]),  # teacher argmax 0
+        -math.log(softmax(s[2])[2]),
+    ]  # teacher argmax 2
     close(losses.pseudo_label_loss(y, labeled, t, s), expected)
     # Soft pseudo-labels: the teacher's probabilities instead of its argmax.
-    soft = [expected[0], cross_entropy(softmax(t[1]), softmax(s[1])), cross_entropy(softmax(t[2]), softmax(s[2]))]
+    soft = [
+        expected[0],
+        cross_entropy(softmax(t[1]), softmax(s[1])),
+        cross_entropy(softmax(t[2]), softmax(s[2])),
+    ]
     close(losses.pseudo_label_loss(y, labeled, t, s, soft=True), soft)
     # min_confidence: example 2's teacher top probability is softmax([0,0,1])[2] = 0.576 < 0.9 -> weight 0.
     close(losses.pseudo_label_loss(y, labeled, t, s, min_confidence=0.9), [expected[0], expected[1], 0.0])
@@ -194,7 +214,7 @@ def test_pseudo_labels_binary_threshold_half():
     close(losses.pseudo_label_loss(y, labeled, z_t, z_s), expected)
 
 
-# ---- attention transfer (004) --------------------------------------------------------------------------------
+# ---- attention transfer (004) ------------------------------------------------------------------------------
 
 
 def at_paper_reference(s, t):
@@ -212,10 +232,12 @@ def at_paper_reference(s, t):
 def at_zagoruyko_reference(s, t):
     """The authors' PyTorch code, written for NCHW: at(x) = normalize(x.pow(2).mean(1)); (at_s-at_t)^2.mean().
     Returns the batch value (their .mean() runs over batch and positions)."""
+
     def at(x):
         x = np.transpose(x, (0, 3, 1, 2)).astype(np.float64)  # NHWC -> NCHW
         a = (x**2).mean(axis=1).reshape(x.shape[0], -1)
         return a / np.linalg.norm(a, axis=1, keepdims=True)
+
     return float(((at(s) - at(t)) ** 2).mean())
 
 
@@ -256,17 +278,19 @@ def test_attention_transfer_gradient_is_finite_when_maps_coincide():
     assert np.all(np.isfinite(tape.gradient(value, x).numpy()))
 
 
-# ---- FitNets hints -------------------------------------------------------------------------------------------
+# ---- FitNets hints -----------------------------------------------------------------------------------------
 
 
 def test_hint_loss_is_per_example_mean_squared_error():
     rng = np.random.default_rng(5)
     r, t = rng.normal(size=(2, 2, 2, 3)).astype(np.float32), rng.normal(size=(2, 2, 2, 3)).astype(np.float32)
-    expected = [sum((a - b) ** 2 for a, b in zip(r[i].ravel(), t[i].ravel(), strict=True)) / 12 for i in range(2)]
+    expected = [
+        sum((a - b) ** 2 for a, b in zip(r[i].ravel(), t[i].ravel(), strict=True)) / 12 for i in range(2)
+    ]
     close(losses.hint_loss(r, t), expected)
 
 
-# ---- SimCLR NT-Xent ------------------------------------------------------------------------------------------
+# ---- SimCLR NT-Xent ----------------------------------------------------------------------------------------
 
 
 def nt_xent_reference(z1, z2, tau):
@@ -297,7 +321,7 @@ def test_nt_xent_local_slices_with_gathered_negatives_equal_global_loss():
     close(local, reference[2:5])
 
 
-# ---- FixMatch / MixMatch -------------------------------------------------------------------------------------
+# ---- FixMatch / MixMatch -----------------------------------------------------------------------------------
 
 
 def test_fixmatch_loss():
@@ -317,6 +341,8 @@ def test_sharpen_and_mixmatch_loss():
     targets = np.array([[[0.7, 0.3]], [[0.2, 0.8]]], np.float32)
     logits = np.array([[[1.0, 0.0]], [[0.0, 2.0]]], np.float32)
     labeled = np.array([1.0, 0.0], np.float32)
-    expected = [cross_entropy(targets[0, 0], softmax(logits[0, 0])),
-                10.0 * float(np.mean((targets[1, 0] - softmax(logits[1, 0])) ** 2))]
+    expected = [
+        cross_entropy(targets[0, 0], softmax(logits[0, 0])),
+        10.0 * float(np.mean((targets[1, 0] - softmax(logits[1, 0])) ** 2)),
+    ]
     close(losses.mixmatch_loss(targets, logits, labeled, lambda_u=10.0), expected)

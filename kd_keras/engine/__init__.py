@@ -18,7 +18,13 @@ from kd_keras.engine.callbacks import (
 from kd_keras.engine.distiller import Distiller, StepContext, teacher_tap_key
 from kd_keras.engine.distribute import get_strategy, global_batch_size
 from kd_keras.engine.noise import StochasticDepth
-from kd_keras.engine.objectives import Objective, ObjectiveOutput, get_objective, list_objectives, register_objective
+from kd_keras.engine.objectives import (
+    Objective,
+    ObjectiveOutput,
+    get_objective,
+    list_objectives,
+    register_objective,
+)
 
 __all__ = [
     "Distiller",

@@ -2,21 +2,23 @@
 
 - :func:`seed_everything` seeds Python, NumPy, TensorFlow and Keras from one number and (by default) turns on
   deterministic ops.
-- :class:`TrainingCheckpoint` saves the whole training state (``model.save_weights``: student, objective layers,
-  EMA teacher, optimizer with its step counter, random-layer seed states) every ``save_every_steps`` steps and
-  at each epoch end, atomically (a run killed while writing keeps the previous checkpoint).
+- :class:`TrainingCheckpoint` saves the whole training state (``model.save_weights``: student, objective
+  layers, EMA teacher, optimizer with its step counter; plus random-layer seed states) every
+  ``save_every_steps`` steps and at each epoch end, atomically (a run killed while writing keeps the previous
+  checkpoint).
 - :func:`fit_resumable` restores the latest checkpoint, skips the batches already consumed and trains to the
   end: a run killed by a signal and restarted ends with the same weights as an uninterrupted one, provided the
   stream is a deterministic function of position (a ``repeat()``-ed ``tf.data`` pipeline with fixed shuffle
-  and augmentation seeds) and :func:`seed_everything` was called. Keras' ``BackupAndRestore`` restarts an
-  interrupted epoch from its first batch with mid-epoch weights, which does not give the same result.
+  and augmentation seeds, built afresh by a function) and :func:`seed_everything` was called. Keras'
+  ``BackupAndRestore`` restarts an interrupted epoch from its first batch with mid-epoch weights (and does not
+  save random-generator states), which does not give the same result.
 - :class:`StopOnNaN` raises :class:`NonFiniteLossError` with a one-line message at the first non-finite loss
   (``keras.callbacks.TerminateOnNaN`` only stops ``fit``, which then returns as if training had ended well).
 
 Example:
     >>> seed_everything(1234)
-    >>> history = fit_resumable(distiller, stream.repeat(), epochs=30, steps_per_epoch=500,
-    ...                         directory="runs/kd/checkpoints", save_every_steps=100,
+    >>> history = fit_resumable(distiller, lambda: make_stream(seed=1234).repeat(), epochs=30,
+    ...                         steps_per_epoch=500, directory="runs/kd/checkpoints", save_every_steps=100,
     ...                         callbacks=[StopOnNaN()])
 """
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +99,10 @@ class StopOnNaN(keras.callbacks.Callback):
         if iterations is not None:
             where += f" (optimizer step {int(iterations.numpy())})"
         resume = f"; resume from the checkpoint in {self.checkpoint_dir}" if self.checkpoint_dir else ""
-        raise NonFiniteLossError(f"training stopped: loss is {loss} at {where}; lower the learning rate or check "
-                                 f"the inputs and labels{resume}")
+        raise NonFiniteLossError(
+            f"training stopped: loss is {loss} at {where}; lower the learning rate or check "
+            f"the inputs and labels{resume}"
+        )
 
 
 def _is_chief() -> bool:
@@ -200,8 +204,10 @@ class TrainingCheckpoint(keras.callbacks.Callback):
             with np.load(seeds) as saved:
                 arrays = [saved[f"arr_{i}"] for i in range(len(saved.files))]
             if len(arrays) != len(variables):
-                raise ValueError(f"{seeds}: {len(arrays)} random-generator states saved, the model has "
-                                 f"{len(variables)}; was the checkpoint written by another model?")
+                raise ValueError(
+                    f"{seeds}: {len(arrays)} random-generator states saved, the model has "
+                    f"{len(variables)}; was the checkpoint written by another model?"
+                )
             for variable, array in zip(variables, arrays, strict=True):
                 variable.assign(array)
         return step
@@ -209,7 +215,7 @@ class TrainingCheckpoint(keras.callbacks.Callback):
 
 def fit_resumable(
     model: keras.Model,
-    dataset: tf.data.Dataset,
+    make_stream: Callable[[], tf.data.Dataset],
     *,
     epochs: int,
     steps_per_epoch: int,
@@ -223,9 +229,12 @@ def fit_resumable(
 
     Args:
         model: a compiled model (e.g. a :class:`~kd_keras.engine.Distiller`).
-        dataset: an infinite (``repeat()``-ed), deterministic stream of batches; the batches of step ``k`` must
-            be the same in every process, so fix its shuffle and augmentation seeds. On resume the first
-            ``global_step`` batches are skipped (they are recomputed, not trained on).
+        make_stream: a function returning a **new** infinite (``repeat()``-ed), deterministic stream of
+            batches: the batches of step ``k`` must be the same in every process, so fix its shuffle and
+            augmentation seeds. A function, not a dataset, because a ``shuffle(seed=...)`` dataset reshuffles
+            differently each time the same object is iterated again (a resumed run iterates twice: the rest of
+            the interrupted epoch, then whole epochs). On resume the first ``global_step`` batches are skipped
+            (they are computed, not trained on).
         epochs, steps_per_epoch: the run's length; epoch boundaries stay where they were.
         directory: checkpoint directory (see :class:`TrainingCheckpoint`).
         save_every_steps: checkpoint period in steps.
@@ -234,9 +243,11 @@ def fit_resumable(
     Returns:
         The history of this call (logs of the epochs it ran), as ``{name: [values]}``.
     """
-    if dataset.cardinality() != tf.data.INFINITE_CARDINALITY:
-        raise ValueError("fit_resumable: the dataset must repeat forever (dataset.repeat()) so a resumed run can "
-                         "skip the steps already done")
+    if isinstance(make_stream, tf.data.Dataset) or not callable(make_stream):
+        raise TypeError(
+            "fit_resumable: pass a function that builds the stream (e.g. lambda: make_stream()), "
+            "not a dataset: a resumed run needs fresh, identically shuffled copies"
+        )
     start = TrainingCheckpoint.restore(model, directory)
     total = epochs * steps_per_epoch
     history: dict[str, list[float]] = {}
@@ -255,9 +266,21 @@ def fit_resumable(
     for first_epoch, steps in segments:
         skip = checkpoint.global_step
         last_epoch = first_epoch + 1 if steps != steps_per_epoch else epochs
-        result = model.fit(dataset.skip(skip), initial_epoch=first_epoch, epochs=last_epoch,
-                           steps_per_epoch=steps, callbacks=callbacks, validation_data=validation_data,
-                           verbose=verbose)
+        stream = make_stream()
+        if stream.cardinality() != tf.data.INFINITE_CARDINALITY:
+            raise ValueError(
+                "fit_resumable: the stream must repeat forever (dataset.repeat()) so a resumed run "
+                "can skip the steps already done"
+            )
+        result = model.fit(
+            stream.skip(skip),
+            initial_epoch=first_epoch,
+            epochs=last_epoch,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            validation_data=validation_data,
+            verbose=verbose,
+        )
         for key, values in result.history.items():
             history.setdefault(key, []).extend(values)
         if model.stop_training:

@@ -6,8 +6,9 @@ teacher is then not run), ``view2`` (a second augmented view) and ``index``.
 
 What is saved. The product is the **student**: ``distiller.save_student("student.keras")`` writes it alone
 (no teacher, no projection head or regressor inside). ``distiller.save(...)`` raises on purpose.
-``distiller.save_weights(...)`` is for checkpoints (student, objective layers, EMA teacher and optimizer state;
-an external teacher is not included, it is rebuilt from its own file); see :mod:`kd_keras.engine.callbacks`.
+``distiller.save_weights(...)`` is for checkpoints (student, objective layers, EMA teacher and optimizer
+state; an external teacher is not included, it is rebuilt from its own file); see
+:mod:`kd_keras.engine.callbacks`.
 
 Distribution. Create the student, the teacher and the Distiller, and call ``compile``, inside
 ``strategy.scope()`` (:func:`kd_keras.engine.distribute.get_strategy`). Per-example losses are summed over a
@@ -67,14 +68,22 @@ class StepContext:
         self.step = distiller.optimizer.iterations if distiller.optimizer is not None else tf.constant(0)
         replica = tf.distribute.get_replica_context()
         self._replica = replica
-        local = tf.shape(batch[schema.IMAGE])[0]
-        sizes = replica.all_gather(tf.reshape(local, [1]), axis=0)
-        self.replica_offset = tf.reduce_sum(sizes[: replica.replica_id_in_sync_group])
-        self.global_batch_size = tf.cast(tf.reduce_sum(sizes), tf.float32)
+        self._local_size = tf.shape(batch[schema.IMAGE])[0]
+        self._sizes = replica.all_gather(tf.reshape(self._local_size, [1]), axis=0)  # examples per replica
+        self.replica_offset = tf.reduce_sum(self._sizes[: replica.replica_id_in_sync_group])
+        self.global_batch_size = tf.cast(tf.reduce_sum(self._sizes), tf.float32)
 
     def all_gather(self, value: tf.Tensor) -> tf.Tensor:
-        """``value`` of every replica concatenated along axis 0 (differentiable; identity on one replica)."""
-        return self._replica.all_gather(value, axis=0)
+        """``value`` (one row per local example) of every replica, concatenated in replica order along axis 0.
+
+        Differentiable (the gradient goes back to the replica that owns each row); the identity on one
+        replica. Replicas may hold different numbers of examples (a last partial batch): rows are padded to
+        the largest replica for the collective, then the padding is dropped.
+        """
+        largest = tf.reduce_max(self._sizes)
+        padding = [[0, largest - self._local_size]] + [[0, 0]] * (len(value.shape) - 1)
+        gathered = self._replica.all_gather(tf.pad(value, padding), axis=0)
+        return tf.boolean_mask(gathered, tf.reshape(tf.sequence_mask(self._sizes, largest), [-1]))
 
     def student(self, images: tf.Tensor, taps: tuple[str, ...] = (), training: bool | None = None):
         """Student logits, or ``(logits, [tap outputs])`` when ``taps`` are given."""
@@ -106,7 +115,8 @@ class StepContext:
         return self.teacher(self.batch[schema.IMAGE])
 
     def teacher_outputs(self, taps: tuple[str, ...]) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        """Teacher logits and tap outputs for ``image``; cached ones (``teacher_tap_key(tap)``) when present."""
+        """Teacher logits and tap outputs for ``image``; the cached ones (``teacher_tap_key(tap)``) when the
+        batch has them."""
         keys = [teacher_tap_key(t) for t in taps]
         if schema.TEACHER_LOGITS in self.batch and all(k in self.batch for k in keys):
             return self.teacher_logits(), [tf.cast(self.batch[k], tf.float32) for k in keys]
@@ -116,9 +126,9 @@ class StepContext:
 class Distiller(keras.Model):
     """Trains ``student`` with a transfer objective, from a frozen ``teacher`` (or none).
 
-    ``call`` is the student. ``train_step`` runs the objective on a batch dict and updates the student (and the
-    objective's own layers); ``test_step`` reports the student's hard-label cross-entropy (``loss``, over the
-    labeled examples) and the compiled metrics on labeled examples. Metrics receive **logits**: use e.g.
+    ``call`` is the student. ``train_step`` runs the objective on a batch dict and updates the student (and
+    the objective's own layers); ``test_step`` reports the student's hard-label cross-entropy (``loss``, over
+    the labeled examples) and the compiled metrics on labeled examples. Metrics receive **logits**: use e.g.
     ``keras.metrics.BinaryAccuracy(threshold=0.0)`` for a one-logit head, ``"sparse_categorical_accuracy"``
     for class indices.
 
@@ -133,8 +143,14 @@ class Distiller(keras.Model):
         name: model name.
     """
 
-    def __init__(self, student: keras.Model, teacher: keras.Model | None = None, *,
-                 ema_decay: float | None = None, name: str = "distiller"):
+    def __init__(
+        self,
+        student: keras.Model,
+        teacher: keras.Model | None = None,
+        *,
+        ema_decay: float | None = None,
+        name: str = "distiller",
+    ):
         super().__init__(name=name)
         if teacher is not None and ema_decay is not None:
             raise ValueError("Distiller: give either a teacher or ema_decay (an EMA teacher), not both")
@@ -165,9 +181,14 @@ class Distiller(keras.Model):
         """The frozen teacher (the EMA copy when ``ema_decay`` is set), or ``None``."""
         return self._models.teacher
 
-    def compile(self, optimizer: Any = "adam", metrics: list | None = None,
-                objective: str | dict | Objective = "hard_label", jit_compile: bool | str = False,
-                **kwargs: Any) -> None:
+    def compile(
+        self,
+        optimizer: Any = "adam",
+        metrics: list | None = None,
+        objective: str | dict | Objective = "hard_label",
+        jit_compile: bool | str = False,
+        **kwargs: Any,
+    ) -> None:
         """Configure training.
 
         Args:
@@ -180,7 +201,9 @@ class Distiller(keras.Model):
             **kwargs: passed to ``keras.Model.compile`` (no ``loss``: the objective is the loss).
         """
         if "loss" in kwargs:
-            raise ValueError("Distiller.compile: pass objective=..., not loss=... (the objective is the loss)")
+            raise ValueError(
+                "Distiller.compile: pass objective=..., not loss=... (the objective is the loss)"
+            )
         objective = get_objective(objective)
         with self.distribute_strategy.scope():
             objective.build(self._student, self.teacher)
@@ -197,32 +220,40 @@ class Distiller(keras.Model):
             self.term_trackers = [_Tracker(name=n) for n in self._term_names]
         # As weighted metrics, so the labeled mask (sample weight) keeps unlabeled examples out of them.
         weighted = [*(metrics or []), *(kwargs.pop("weighted_metrics", None) or [])]
-        super().compile(optimizer=optimizer, weighted_metrics=weighted or None, jit_compile=jit_compile, **kwargs)
+        super().compile(
+            optimizer=optimizer, weighted_metrics=weighted or None, jit_compile=jit_compile, **kwargs
+        )
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras (3.15) reads the first distributed batch for its shapes through strategy.reduce("MEAN", ...),
-        # which MultiWorkerMirroredStrategy cannot do on a dict batch; one replica's values give the same shapes.
+        # which MultiWorkerMirroredStrategy cannot do on a dict batch; one replica's values give the shapes.
         if iterator is not None and self._distribute_strategy is not None:
             local = self.distribute_strategy.experimental_local_results
             for _, _, batches in iterator:
                 data_batch = tf.nest.map_structure(
-                    lambda v: local(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v, next(batches))
+                    lambda v: local(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v,
+                    next(batches),
+                )
                 break
         return super()._maybe_symbolic_build(data_batch=data_batch)
 
     def _tap_model(self, kind: str, taps: tuple[str, ...]) -> keras.Model:
         key = (kind, taps)
         if key not in self._models.taps:
-            raise ValueError(f"{kind} taps {list(taps)} were not prepared: the objective must list them in "
-                             f"{kind}_taps")
+            raise ValueError(
+                f"{kind} taps {list(taps)} were not prepared: the objective must list them in {kind}_taps"
+            )
         return self._models.taps[key]
 
     @property
     def metrics(self) -> list[keras.metrics.Metric]:
         # Our trackers replace Keras' own loss tracker (which a model compiled without `loss` leaves idle).
         own = [self.loss_tracker, *self.term_trackers] if self.objective is not None else []
-        others = [m for m in super().metrics
-                  if not isinstance(m, _Tracker) and not (isinstance(m, keras.metrics.Mean) and m.name == "loss")]
+        others = [
+            m
+            for m in super().metrics
+            if not isinstance(m, _Tracker) and not (isinstance(m, keras.metrics.Mean) and m.name == "loss")
+        ]
         return own + others
 
     def call(self, inputs: Any, training: bool = False) -> tf.Tensor:
@@ -240,8 +271,9 @@ class Distiller(keras.Model):
     def _standardize(self, data: Any) -> dict[str, tf.Tensor]:
         if not isinstance(data, dict) or schema.IMAGE not in data:
             raise ValueError(
-                f"Distiller expects batches that are dicts with at least {schema.IMAGE!r} (kd_keras.data.schema),"
-                f" got {type(data).__name__}" + (f" with keys {sorted(data)}" if isinstance(data, dict) else "")
+                f"Distiller expects batches that are dicts with at least {schema.IMAGE!r} "
+                f"(kd_keras.data.schema), got {type(data).__name__}"
+                + (f" with keys {sorted(data)}" if isinstance(data, dict) else "")
             )
         batch = dict(data)
         n = tf.shape(batch[schema.IMAGE])[0]
@@ -260,10 +292,14 @@ class Distiller(keras.Model):
             raise ValueError("Distiller: call compile(optimizer, metrics, objective=...) before fit")
         missing = [k for k in objective.required_keys if k not in batch]
         if missing:
-            raise ValueError(f"objective {objective.name!r} needs batch keys {missing}; the batch has {sorted(batch)}")
+            raise ValueError(
+                f"objective {objective.name!r} needs batch keys {missing}; the batch has {sorted(batch)}"
+            )
         if objective.needs_teacher and self.teacher is None and schema.TEACHER_LOGITS not in batch:
-            raise ValueError(f"objective {objective.name!r} needs a teacher: pass one to Distiller or batches with "
-                             f"{schema.TEACHER_LOGITS!r}")
+            raise ValueError(
+                f"objective {objective.name!r} needs a teacher: pass one to Distiller or batches with "
+                f"{schema.TEACHER_LOGITS!r}"
+            )
         return objective
 
     def train_step(self, data):
@@ -284,14 +320,19 @@ class Distiller(keras.Model):
         # is the mean over the global batch, not the replica loss divided by the number of replicas.
         self.loss_tracker.update_state(out.loss)
         for tracker in self.term_trackers:
-            tracker.update_state(out.terms[tracker.name])
+            term = out.terms[tracker.name]
+            values, weights = term if isinstance(term, tuple) else (term, None)
+            tracker.update_state(values, sample_weight=weights)
         return self._step_outputs(
-            self.compute_metrics(batch, batch[schema.LABEL], out.student_logits, batch[schema.LABELED]))
+            self.compute_metrics(batch, batch[schema.LABEL], out.student_logits, batch[schema.LABELED])
+        )
 
     def _step_outputs(self, results: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         strategy = self.distribute_strategy
-        multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and getattr(
-            strategy.extended, "_in_multi_worker_mode", lambda: False)()
+        multi_worker = (
+            isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)()
+        )
         if multi_worker:
             # tensorflow/tensorflow#72388: across workers Keras reduces each step output with
             # strategy.reduce("MEAN", value, axis=0), which fails on scalars; rank-1 values reduce to scalars.
@@ -301,13 +342,17 @@ class Distiller(keras.Model):
     def _update_ema(self) -> None:
         decay = self.ema_decay
         # tf.Variables under the Keras wrappers; integer states (random-seed counters) are not averaged.
-        pairs = [(e.value, v.value) for e, v in zip(self.ema_teacher.weights, self._student.weights, strict=True)
-                 if "float" in str(e.dtype)]
+        pairs = [
+            (e.value, v.value)
+            for e, v in zip(self.ema_teacher.weights, self._student.weights, strict=True)
+            if "float" in str(e.dtype)
+        ]
 
         def merge_fn(strategy, pairs):
             for ema, var in pairs:
-                strategy.extended.update(ema, lambda e, v: e.assign(decay * e + (1.0 - decay) * v),
-                                         args=(var,), group=False)
+                strategy.extended.update(
+                    ema, lambda e, v: e.assign(decay * e + (1.0 - decay) * v), args=(var,), group=False
+                )
 
         # Variables are updated in cross-replica context (as the optimizer does), once per variable.
         tf.__internal__.distribute.interim.maybe_merge_call(merge_fn, self.distribute_strategy, pairs)
@@ -338,8 +383,10 @@ class Distiller(keras.Model):
     def save(self, *args: Any, **kwargs: Any) -> None:
         """Refused: the deliverable is the student. Use :meth:`save_student`, or ``save_weights`` for a
         training checkpoint."""
-        raise TypeError("Distiller.save: save the student with distiller.save_student('student.keras'); "
-                        "use save_weights or kd_keras.engine.TrainingCheckpoint for checkpoints")
+        raise TypeError(
+            "Distiller.save: save the student with distiller.save_student('student.keras'); "
+            "use save_weights or kd_keras.engine.TrainingCheckpoint for checkpoints"
+        )
 
     def get_config(self) -> dict[str, Any]:
         raise TypeError("Distiller is not serialisable; save the student with save_student(...)")

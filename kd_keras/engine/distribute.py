@@ -5,8 +5,8 @@
   ``"mirrored:/cpu:0,/cpu:1"``).
 - ``"multiworker"``: ``MultiWorkerMirroredStrategy`` from the ``TF_CONFIG`` environment variable (ring
   collectives: they run on CPU and GPU). Create it first thing in the program, before other TensorFlow work.
-- ``"auto"``: ``multiworker`` when ``TF_CONFIG`` names more than one worker, ``mirrored`` with two or more GPUs,
-  else ``default``.
+- ``"auto"``: ``multiworker`` when ``TF_CONFIG`` names more than one worker, ``mirrored`` with two or
+  more GPUs, else ``default``.
 
 Example:
     >>> strategy = get_strategy("auto")
@@ -35,9 +35,10 @@ def tf_config_workers(environ: dict[str, str] | None = None) -> int:
         cluster = config["cluster"]
         config["task"]["type"], int(config["task"]["index"])
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"TF_CONFIG is not valid: {error!r}; expected "
-                         '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}'
-                         ) from None
+        raise ValueError(
+            f"TF_CONFIG is not valid: {error!r}; expected "
+            '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}'
+        ) from None
     return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
 
 
@@ -68,17 +69,20 @@ def get_strategy(kind: str = "auto", devices: list[str] | None = None) -> tf.dis
         return tf.distribute.get_strategy()
     if kind == "mirrored":
         if devices is None and not tf.config.list_logical_devices("GPU"):
-            raise ValueError("mirrored strategy: no GPU found; pass devices=['/cpu:0', '/cpu:1'] "
-                             "(after configuring logical CPU devices) or use 'default'")
+            raise ValueError(
+                "mirrored strategy: no GPU found; pass devices=['/cpu:0', '/cpu:1'] "
+                "(after configuring logical CPU devices) or use 'default'"
+            )
         return tf.distribute.MirroredStrategy(devices=devices)
     if tf_config_workers() == 0:
         raise ValueError("multiworker strategy needs TF_CONFIG (cluster and task) in the environment")
     options = tf.distribute.experimental.CommunicationOptions(
-        implementation=tf.distribute.experimental.CommunicationImplementation.RING)
+        implementation=tf.distribute.experimental.CommunicationImplementation.RING
+    )
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
 def global_batch_size(per_replica: int, strategy: tf.distribute.Strategy | None = None) -> int:
-    """``per_replica * num_replicas_in_sync``: the batch size to give a ``tf.data`` stream under ``strategy``."""
+    """``per_replica * num_replicas_in_sync``: the batch size of a ``tf.data`` stream under ``strategy``."""
     strategy = strategy or tf.distribute.get_strategy()
     return int(per_replica) * strategy.num_replicas_in_sync

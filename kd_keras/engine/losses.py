@@ -13,11 +13,12 @@ Tasks. ``task`` is one of:
   over the labels (the Keras ``binary_crossentropy`` convention);
 - ``"auto"``: ``"binary"`` when there is one logit, else ``"multiclass"`` (multi-label must be stated).
 
-Binary heads. A sigmoid logit ``z`` is treated as the two logits ``[0, z]``: ``softmax([0, z]) = [1 - s, s]``
-with ``s = sigmoid(z)``, and ``softmax([0, z] / T)`` is ``sigmoid(z / T)``. Every temperature formula therefore
-works unchanged on a one-logit head: the Hinton KL of a binary head is the KL between the two Bernoulli
-distributions ``sigmoid(t / T)`` and ``sigmoid(s / T)``, and a one-logit student can learn from a two-logit
-teacher only through the caller converting one to the other (see :func:`class_logits`).
+Binary heads. A sigmoid logit ``z`` is treated as the two logits ``[0, z]``:
+``softmax([0, z]) = [1 - s, s]`` with ``s = sigmoid(z)``, and ``softmax([0, z] / T)`` is ``sigmoid(z / T)``.
+Every temperature formula therefore works unchanged on a one-logit head: the Hinton KL of a binary head is the
+KL between the two Bernoulli distributions ``sigmoid(t / T)`` and ``sigmoid(s / T)``, and a one-logit student
+can learn from a two-logit teacher only through the caller converting one to the other (see
+:func:`class_logits`).
 
 Internally every task is viewed as ``G`` groups of ``K`` classes, logits of shape ``(batch, G, K)``:
 multi-class is one group of ``C`` classes, sigmoid tasks are ``L`` groups of the two classes ``[0, z]``.
@@ -154,8 +155,8 @@ def soft_target_loss(
         task: see the module docstring.
         form: ``"convex"`` (Hinton et al.): ``alpha * CE + (1 - alpha) * T^2 * KL``;
             ``"hard_plus_alpha_soft"``: ``CE + alpha * T^2 * KL``. Study 002 (section 2.5) reports its best
-            setting as ``T=3, alpha=1.5``; an alpha above 1 would give the soft term a negative weight under the
-            convex form, so the 002 objective uses ``"hard_plus_alpha_soft"``.
+            setting as ``T=3, alpha=1.5``; an alpha above 1 would give the soft term a negative weight under
+            the convex form, so the 002 objective uses ``"hard_plus_alpha_soft"``.
 
     Returns:
         ``(batch,)``. Unlabeled examples (mask 0) get only the soft term.
@@ -185,7 +186,9 @@ def hinton_loss(
         >>> float(hinton_loss(y, t, s, alpha=1.0)[0])  # alpha=1 is plain CE: log 2
         0.6931...
     """
-    return soft_target_loss(labels, labeled, teacher_logits, student_logits, alpha, temperature, task, "convex")
+    return soft_target_loss(
+        labels, labeled, teacher_logits, student_logits, alpha, temperature, task, "convex"
+    )
 
 
 def teacher_is_correct(labels: tf.Tensor, teacher_logits: tf.Tensor, task: str = "auto") -> tf.Tensor:
@@ -211,9 +214,9 @@ def conditional_distillation_loss(
     """Conditional distillation (study 000, eqs. 1-2).
 
     For a labeled example the student learns the teacher's soft targets where the teacher predicts the label
-    correctly and the hard label where it does not (eq. 2); an unlabeled example (a random image, eq. 1) always
-    gets the teacher's soft targets. Soft terms are the cross-entropy ``-sum_j p_T(j) log p_S(j)`` of the
-    paper (the KL plus the teacher's entropy: same gradient), at temperature ``T`` and scaled by ``T^2``
+    correctly and the hard label where it does not (eq. 2); an unlabeled example (a random image, eq. 1)
+    always gets the teacher's soft targets. Soft terms are the cross-entropy ``-sum_j p_T(j) log p_S(j)`` of
+    the paper (the KL plus the teacher's entropy: same gradient), at temperature ``T`` and scaled by ``T^2``
     (``T = 1`` is the paper's formula). For sigmoid tasks the condition is checked per label.
 
     Returns:
@@ -274,8 +277,10 @@ def pseudo_label_loss(
     targets = mask * hard_targets(labels, task, student_logits.shape[-1]) + (1.0 - mask) * pseudo
     per_group = -tf.reduce_sum(targets * tf.nn.log_softmax(class_logits(student_logits, task), axis=-1), -1)
     if min_confidence > 0.0:
-        confident = tf.cast(tf.reduce_max(temperature_probabilities(teacher_logits, 1.0, task), -1)
-                            >= min_confidence, tf.float32)
+        confident = tf.cast(
+            tf.reduce_max(temperature_probabilities(teacher_logits, 1.0, task), -1) >= min_confidence,
+            tf.float32,
+        )
         per_group = per_group * (mask[..., 0] + (1.0 - mask[..., 0]) * confident)
     return tf.reduce_mean(per_group, axis=-1)
 
@@ -314,10 +319,10 @@ def attention_transfer_loss(
         student_features, teacher_features: ``(batch, H, W, C)`` activations; spatial sizes are matched by
             average pooling the larger map (:func:`match_spatial_size`) before anything else.
         variant:
-            - ``"paper"`` (study 004, eq. 1): each of the ``C`` feature planes is vectorised and L2-normalised,
-              and ``L_AT = 1/C * sum_j || Q_S^j/||Q_S^j|| - Q_T^j/||Q_T^j|| ||_2`` (a norm, not squared).
-              Needs the same number of channels in both maps. An all-zero plane (a dead ReLU channel)
-              normalises to zeros, as PyTorch's ``F.normalize`` does.
+            - ``"paper"`` (study 004, eq. 1): each of the ``C`` feature planes is vectorised and
+              L2-normalised, and ``L_AT = 1/C * sum_j || Q_S^j/||Q_S^j|| - Q_T^j/||Q_T^j|| ||_2`` (a norm, not
+              squared). Needs the same number of channels in both maps. An all-zero plane (a dead ReLU
+              channel) normalises to zeros, as PyTorch's ``F.normalize`` does.
             - ``"zagoruyko"``: the original authors' public code, ``at(x) = normalize(x.pow(2).mean(1))`` and
               ``(at(s) - at(t)).pow(2).mean()``: one spatial map per example (channel mean of squared
               activations), L2-normalised over positions, mean squared difference over positions. Channel
@@ -367,8 +372,9 @@ def nt_xent_loss(
 ) -> tf.Tensor:
     """SimCLR's NT-Xent (Chen et al., 2020; study 003 eq. 1), per image of the local batch.
 
-    For anchor ``i`` (either view), ``l(i, j) = -log exp(sim(z_i, z_j)/tau) / sum_{k != i} exp(sim(z_i, z_k)/tau)``
-    over the ``2N`` projections of the *global* batch, ``sim`` the cosine similarity. The per-image loss is
+    For anchor ``i`` (either view),
+    ``l(i, j) = -log exp(sim(z_i, z_j)/tau) / sum_{k != i} exp(sim(z_i, z_k)/tau)`` over the ``2N``
+    projections of the *global* batch, ``sim`` the cosine similarity. The per-image loss is
     ``(l(view1, view2) + l(view2, view1)) / 2``, so the mean over the ``N`` images is SimCLR's ``L``.
 
     Args:
@@ -431,8 +437,9 @@ def fixmatch_loss(
     probs = temperature_probabilities(guess, 1.0, task)
     pseudo = tf.one_hot(tf.argmax(probs, -1), probs.shape[-1], dtype=tf.float32)
     confident = tf.cast(tf.reduce_max(probs, -1) >= threshold, tf.float32)  # (batch, G)
-    unsup = tf.reduce_mean(confident * -tf.reduce_sum(
-        pseudo * tf.nn.log_softmax(class_logits(strong_logits, task), -1), -1), -1)
+    unsup = tf.reduce_mean(
+        confident * -tf.reduce_sum(pseudo * tf.nn.log_softmax(class_logits(strong_logits, task), -1), -1), -1
+    )
     mask = _mask(labeled, weak_logits[:, 0])
     sup = hard_label_cross_entropy(labels, weak_logits, task)
     return mask * sup + (1.0 - mask) * lambda_u * unsup
@@ -455,6 +462,7 @@ def mixmatch_loss(
     """
     ce = soft_cross_entropy(mixed_targets, mixed_logits)
     squared = tf.reduce_mean(
-        tf.reduce_mean((mixed_targets - tf.nn.softmax(mixed_logits, -1)) ** 2, axis=-1), axis=-1)
+        tf.reduce_mean((mixed_targets - tf.nn.softmax(mixed_logits, -1)) ** 2, axis=-1), axis=-1
+    )
     mask = tf.reshape(tf.cast(labeled, tf.float32), [-1])
     return mask * ce + (1.0 - mask) * lambda_u * squared

@@ -53,12 +53,13 @@ class ObjectiveOutput:
     Attributes:
         loss: per-example total loss ``(batch,)`` (the Distiller divides its sum by the global batch size).
         student_logits: the student's logits for the batch's examples, for the compiled metrics.
-        terms: named per-example components ``(batch,)``, reported as running means next to ``loss``.
+        terms: named per-example components ``(batch,)``, reported as running means next to ``loss``; a
+            ``(values, weights)`` pair gives a weighted mean (e.g. over the labeled examples only).
     """
 
     loss: tf.Tensor
     student_logits: tf.Tensor
-    terms: dict[str, tf.Tensor] = field(default_factory=dict)
+    terms: dict[str, tf.Tensor | tuple[tf.Tensor, tf.Tensor]] = field(default_factory=dict)
 
 
 class Objective:
@@ -67,7 +68,8 @@ class Objective:
     Subclasses set ``name``, ``terms`` (names of the components they report) and implement :meth:`compute`.
 
     Args:
-        task: ``"auto"``, ``"multiclass"``, ``"binary"`` or ``"multilabel"`` (see :mod:`kd_keras.engine.losses`).
+        task: ``"auto"``, ``"multiclass"``, ``"binary"`` or ``"multilabel"`` (see
+            :mod:`kd_keras.engine.losses`).
     """
 
     name: ClassVar[str] = ""
@@ -101,7 +103,7 @@ class Objective:
         return ()
 
     def build(self, student: keras.Model, teacher: keras.Model | None) -> None:
-        """Create the objective's own layers (called once by ``Distiller.compile``, inside its strategy scope)."""
+        """Create the objective's own layers (called by ``Distiller.compile``, inside its strategy scope)."""
 
     def compute(self, batch: dict[str, tf.Tensor], ctx: StepContext) -> ObjectiveOutput:
         raise NotImplementedError
@@ -208,8 +210,16 @@ class Hinton(_TeacherObjective):
         student = ctx.student(batch[schema.IMAGE])
         hard = losses.hard_label_cross_entropy(_labels(batch), student, self.task) * _labeled(batch)
         soft = losses.soft_target_kl(teacher, student, self.temperature, self.task)
-        loss = losses.soft_target_loss(_labels(batch), _labeled(batch), teacher, student, self.alpha,
-                                       self.temperature, self.task, self.form)
+        loss = losses.soft_target_loss(
+            _labels(batch),
+            _labeled(batch),
+            teacher,
+            student,
+            self.alpha,
+            self.temperature,
+            self.task,
+            self.form,
+        )
         return ObjectiveOutput(loss, student, {"hard": hard, "soft": soft})
 
     def get_config(self):
@@ -251,9 +261,11 @@ class ConditionalDistillation(_TeacherObjective):
         teacher = ctx.teacher_logits()
         student = ctx.student(batch[schema.IMAGE])
         loss = losses.conditional_distillation_loss(
-            _labels(batch), _labeled(batch), teacher, student, self.temperature, self.task)
+            _labels(batch), _labeled(batch), teacher, student, self.temperature, self.task
+        )
+        # Reported over labeled examples: the fraction that gets soft targets.
         correct = tf.reduce_mean(losses.teacher_is_correct(_labels(batch), teacher, self.task), -1)
-        return ObjectiveOutput(loss, student, {"teacher_correct": correct})
+        return ObjectiveOutput(loss, student, {"teacher_correct": (correct, _labeled(batch))})
 
     def get_config(self):
         return {**super().get_config(), "temperature": self.temperature}
@@ -272,10 +284,15 @@ class PseudoLabel(_TeacherObjective):
 
     name = "pseudo_label"
 
-    def __init__(self, soft: bool = False, temperature: float = 1.0, min_confidence: float = 0.0,
-                 task: str = "auto"):
+    def __init__(
+        self, soft: bool = False, temperature: float = 1.0, min_confidence: float = 0.0, task: str = "auto"
+    ):
         super().__init__(task)
-        self.soft, self.temperature, self.min_confidence = bool(soft), float(temperature), float(min_confidence)
+        self.soft, self.temperature, self.min_confidence = (
+            bool(soft),
+            float(temperature),
+            float(min_confidence),
+        )
 
     def student_inputs(self, batch, ctx):
         return batch[schema.IMAGE]
@@ -283,13 +300,25 @@ class PseudoLabel(_TeacherObjective):
     def compute(self, batch, ctx):
         teacher = ctx.teacher_logits()
         student = ctx.student(self.student_inputs(batch, ctx))
-        loss = losses.pseudo_label_loss(_labels(batch), _labeled(batch), teacher, student, self.task,
-                                        self.soft, self.temperature, self.min_confidence)
+        loss = losses.pseudo_label_loss(
+            _labels(batch),
+            _labeled(batch),
+            teacher,
+            student,
+            self.task,
+            self.soft,
+            self.temperature,
+            self.min_confidence,
+        )
         return ObjectiveOutput(loss, student)
 
     def get_config(self):
-        return {**super().get_config(), "soft": self.soft, "temperature": self.temperature,
-                "min_confidence": self.min_confidence}
+        return {
+            **super().get_config(),
+            "soft": self.soft,
+            "temperature": self.temperature,
+            "min_confidence": self.min_confidence,
+        }
 
 
 @register_objective
@@ -310,8 +339,14 @@ class NoisyStudent(PseudoLabel):
 
     name = "noisy_student"
 
-    def __init__(self, student_augmentation: Callable | None = None, soft: bool = True,
-                 temperature: float = 1.0, min_confidence: float = 0.0, task: str = "auto"):
+    def __init__(
+        self,
+        student_augmentation: Callable | None = None,
+        soft: bool = True,
+        temperature: float = 1.0,
+        min_confidence: float = 0.0,
+        task: str = "auto",
+    ):
         super().__init__(soft, temperature, min_confidence, task)
         self.student_augmentation = student_augmentation
 
@@ -333,8 +368,10 @@ class NoisyStudent(PseudoLabel):
 def _pairs(student_taps, teacher_taps, name):
     student_taps, teacher_taps = tuple(student_taps), tuple(teacher_taps)
     if not student_taps or len(student_taps) != len(teacher_taps):
-        raise ValueError(f"{name}: give as many student_taps as teacher_taps (at least one), "
-                         f"got {student_taps} and {teacher_taps}")
+        raise ValueError(
+            f"{name}: give as many student_taps as teacher_taps (at least one), "
+            f"got {student_taps} and {teacher_taps}"
+        )
     return student_taps, teacher_taps
 
 
@@ -354,8 +391,14 @@ class AttentionTransfer(_TeacherObjective):
     name = "attention_transfer"
     terms = ("hard", "attention")
 
-    def __init__(self, student_taps=("stage4",), teacher_taps=("stage4",), beta: float = 1000.0,
-                 variant: str = "paper", task: str = "auto"):
+    def __init__(
+        self,
+        student_taps=("stage4",),
+        teacher_taps=("stage4",),
+        beta: float = 1000.0,
+        variant: str = "paper",
+        task: str = "auto",
+    ):
         super().__init__(task)
         self._student_taps, self._teacher_taps = _pairs(student_taps, teacher_taps, self.name)
         if beta <= 0:
@@ -375,14 +418,23 @@ class AttentionTransfer(_TeacherObjective):
     def compute(self, batch, ctx):
         student, student_maps = ctx.student(batch[schema.IMAGE], taps=self.student_taps)
         _, teacher_maps = ctx.teacher_outputs(self.teacher_taps)
-        attention = tf.add_n([losses.attention_transfer_loss(s, t, self.variant)
-                              for s, t in zip(student_maps, teacher_maps, strict=True)])
+        attention = tf.add_n(
+            [
+                losses.attention_transfer_loss(s, t, self.variant)
+                for s, t in zip(student_maps, teacher_maps, strict=True)
+            ]
+        )
         hard = losses.hard_label_cross_entropy(_labels(batch), student, self.task) * _labeled(batch)
         return ObjectiveOutput(hard + attention / self.beta, student, {"hard": hard, "attention": attention})
 
     def get_config(self):
-        return {**super().get_config(), "student_taps": list(self.student_taps),
-                "teacher_taps": list(self.teacher_taps), "beta": self.beta, "variant": self.variant}
+        return {
+            **super().get_config(),
+            "student_taps": list(self.student_taps),
+            "teacher_taps": list(self.teacher_taps),
+            "beta": self.beta,
+            "variant": self.variant,
+        }
 
 
 @register_objective
@@ -398,8 +450,14 @@ class FitNetsHints(_TeacherObjective):
     name = "fitnets"
     terms = ("hard", "hint")
 
-    def __init__(self, student_tap: str = "stage3", teacher_tap: str = "stage3", hint_weight: float = 1.0,
-                 ce_weight: float = 1.0, task: str = "auto"):
+    def __init__(
+        self,
+        student_tap: str = "stage3",
+        teacher_tap: str = "stage3",
+        hint_weight: float = 1.0,
+        ce_weight: float = 1.0,
+        task: str = "auto",
+    ):
         super().__init__(task)
         self.student_tap, self.teacher_tap = student_tap, teacher_tap
         self.hint_weight, self.ce_weight = float(hint_weight), float(ce_weight)
@@ -419,8 +477,9 @@ class FitNetsHints(_TeacherObjective):
         student_shape = student.get_layer(self.student_tap).output.shape
         teacher_shape = teacher.get_layer(self.teacher_tap).output.shape
         if len(student_shape) != 4 or len(teacher_shape) != 4:
-            raise ValueError(f"{self.name}: taps must be (batch, H, W, C) maps, got {student_shape} and "
-                             f"{teacher_shape}")
+            raise ValueError(
+                f"{self.name}: taps must be (batch, H, W, C) maps, got {student_shape} and {teacher_shape}"
+            )
         self.regressor = keras.layers.Conv2D(teacher_shape[-1], 1, name="fitnets_regressor")
         self.regressor.build(student_shape)
         self.layers = [self.regressor]
@@ -430,12 +489,18 @@ class FitNetsHints(_TeacherObjective):
         _, (teacher_map,) = ctx.teacher_outputs(self.teacher_taps)
         hint = losses.hint_loss(self.regressor(student_map), teacher_map)
         hard = losses.hard_label_cross_entropy(_labels(batch), student, self.task) * _labeled(batch)
-        return ObjectiveOutput(self.ce_weight * hard + self.hint_weight * hint, student,
-                               {"hard": hard, "hint": hint})
+        return ObjectiveOutput(
+            self.ce_weight * hard + self.hint_weight * hint, student, {"hard": hard, "hint": hint}
+        )
 
     def get_config(self):
-        return {**super().get_config(), "student_tap": self.student_tap, "teacher_tap": self.teacher_tap,
-                "hint_weight": self.hint_weight, "ce_weight": self.ce_weight}
+        return {
+            **super().get_config(),
+            "student_tap": self.student_tap,
+            "teacher_tap": self.teacher_tap,
+            "hint_weight": self.hint_weight,
+            "ce_weight": self.ce_weight,
+        }
 
 
 @register_objective
@@ -456,8 +521,14 @@ class SimCLR(Objective):
 
     name = "simclr"
 
-    def __init__(self, temperature: float = 0.1, projection_dim: int = 128, hidden_dim: int | None = None,
-                 feature_tap: str = "features", task: str = "auto"):
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        projection_dim: int = 128,
+        hidden_dim: int | None = None,
+        feature_tap: str = "features",
+        task: str = "auto",
+    ):
         super().__init__(task)
         if temperature <= 0:
             raise ValueError(f"{self.name}: temperature must be > 0, got {temperature}")
@@ -476,27 +547,38 @@ class SimCLR(Objective):
     def build(self, student, teacher):
         feature_shape = student.get_layer(self.feature_tap).output.shape
         if len(feature_shape) != 2:
-            raise ValueError(f"{self.name}: tap {self.feature_tap!r} must be a pooled vector, got {feature_shape}")
+            raise ValueError(
+                f"{self.name}: tap {self.feature_tap!r} must be a pooled vector, got {feature_shape}"
+            )
         hidden = self.hidden_dim or feature_shape[-1]
-        self.head = keras.Sequential([keras.layers.Dense(hidden, activation="relu"),
-                                      keras.layers.Dense(self.projection_dim)], name="simclr_projection_head")
+        self.head = keras.Sequential(
+            [keras.layers.Dense(hidden, activation="relu"), keras.layers.Dense(self.projection_dim)],
+            name="simclr_projection_head",
+        )
         self.head.build(feature_shape)
         self.layers = [self.head]
 
     def compute(self, batch, ctx):
         b = tf.shape(batch[schema.IMAGE])[0]
         # One pass over both views (one set of batch-norm statistics, as SimCLR does).
-        logits, (features,) = ctx.student(tf.concat([batch[schema.IMAGE], batch[schema.VIEW2]], 0),
-                                          taps=self.student_taps)
+        logits, (features,) = ctx.student(
+            tf.concat([batch[schema.IMAGE], batch[schema.VIEW2]], 0), taps=self.student_taps
+        )
         z = self.head(features, training=ctx.training)
         z1, z2 = z[:b], z[b:]
-        loss = losses.nt_xent_loss(z1, z2, self.temperature, ctx.all_gather(z1), ctx.all_gather(z2),
-                                   ctx.replica_offset)
+        loss = losses.nt_xent_loss(
+            z1, z2, self.temperature, ctx.all_gather(z1), ctx.all_gather(z2), ctx.replica_offset
+        )
         return ObjectiveOutput(loss, logits[:b])
 
     def get_config(self):
-        return {**super().get_config(), "temperature": self.temperature, "projection_dim": self.projection_dim,
-                "hidden_dim": self.hidden_dim, "feature_tap": self.feature_tap}
+        return {
+            **super().get_config(),
+            "temperature": self.temperature,
+            "projection_dim": self.projection_dim,
+            "hidden_dim": self.hidden_dim,
+            "feature_tap": self.feature_tap,
+        }
 
 
 _GUESSERS = ("student", "teacher")
@@ -520,8 +602,9 @@ class FixMatch(Objective):
     name = "fixmatch"
     terms = ("hard", "consistency")
 
-    def __init__(self, threshold: float = 0.95, lambda_u: float = 1.0, guess_with: str = "student",
-                 task: str = "auto"):
+    def __init__(
+        self, threshold: float = 0.95, lambda_u: float = 1.0, guess_with: str = "student", task: str = "auto"
+    ):
         super().__init__(task)
         if guess_with not in _GUESSERS:
             raise ValueError(f"{self.name}: guess_with must be one of {_GUESSERS}, got {guess_with!r}")
@@ -540,15 +623,20 @@ class FixMatch(Objective):
         both = ctx.student(tf.concat([batch[schema.IMAGE], batch[schema.VIEW2]], 0))
         weak, strong = both[:b], both[b:]
         guess = ctx.teacher_logits() if self.guess_with == "teacher" else None
-        loss = losses.fixmatch_loss(_labels(batch), _labeled(batch), weak, strong, self.threshold,
-                                    self.lambda_u, self.task, guess)
+        loss = losses.fixmatch_loss(
+            _labels(batch), _labeled(batch), weak, strong, self.threshold, self.lambda_u, self.task, guess
+        )
         mask = _labeled(batch)
         hard = losses.hard_label_cross_entropy(_labels(batch), weak, self.task) * mask
         return ObjectiveOutput(loss, weak, {"hard": hard, "consistency": loss - hard})
 
     def get_config(self):
-        return {**super().get_config(), "threshold": self.threshold, "lambda_u": self.lambda_u,
-                "guess_with": self.guess_with}
+        return {
+            **super().get_config(),
+            "threshold": self.threshold,
+            "lambda_u": self.lambda_u,
+            "guess_with": self.guess_with,
+        }
 
 
 @register_objective
@@ -577,9 +665,16 @@ class MixMatch(Objective):
     name = "mixmatch"
     terms = ("hard", "consistency")
 
-    def __init__(self, sharpen_temperature: float = 0.5, alpha: float = 0.75, lambda_u: float = 75.0,
-                 rampup_steps: int = 0, guess_with: str = "student", seed: int | None = None,
-                 task: str = "auto"):
+    def __init__(
+        self,
+        sharpen_temperature: float = 0.5,
+        alpha: float = 0.75,
+        lambda_u: float = 75.0,
+        rampup_steps: int = 0,
+        guess_with: str = "student",
+        seed: int | None = None,
+        task: str = "auto",
+    ):
         super().__init__(task)
         if guess_with not in _GUESSERS:
             raise ValueError(f"{self.name}: guess_with must be one of {_GUESSERS}, got {guess_with!r}")
@@ -612,10 +707,12 @@ class MixMatch(Objective):
         lam = tf.maximum(lam, 1.0 - lam)
         rows = ctx.replica_offset + tf.range(tf.shape(images)[0])
         own_lam, own_partner = tf.gather(lam, rows), tf.gather(partner, rows)
-        mixed_images = (own_lam[:, None, None, None] * images
-                        + (1.0 - own_lam[:, None, None, None]) * tf.gather(all_images, own_partner))
-        mixed_targets = (own_lam[:, None, None] * targets
-                         + (1.0 - own_lam[:, None, None]) * tf.gather(all_targets, own_partner))
+        mixed_images = own_lam[:, None, None, None] * images + (
+            1.0 - own_lam[:, None, None, None]
+        ) * tf.gather(all_images, own_partner)
+        mixed_targets = own_lam[:, None, None] * targets + (1.0 - own_lam[:, None, None]) * tf.gather(
+            all_targets, own_partner
+        )
         return mixed_images, mixed_targets
 
     def compute(self, batch, ctx):
@@ -625,7 +722,9 @@ class MixMatch(Objective):
         guessed, clean_logits = self._guess(views, ctx)
         task = losses.resolve_task(self.task, clean_logits)
         mask = _labeled(batch)[:, None, None]
-        targets = mask * losses.hard_targets(_labels(batch), task, clean_logits.shape[-1]) + (1 - mask) * guessed
+        targets = (
+            mask * losses.hard_targets(_labels(batch), task, clean_logits.shape[-1]) + (1 - mask) * guessed
+        )
         targets = tf.stop_gradient(targets)
         lambda_u = self.lambda_u
         if self.rampup_steps > 0:
@@ -641,6 +740,12 @@ class MixMatch(Objective):
         return ObjectiveOutput(loss, clean_logits, {"hard": hard, "consistency": loss - hard})
 
     def get_config(self):
-        return {**super().get_config(), "sharpen_temperature": self.sharpen_temperature, "alpha": self.alpha,
-                "lambda_u": self.lambda_u, "rampup_steps": self.rampup_steps, "guess_with": self.guess_with,
-                "seed": self.seed}
+        return {
+            **super().get_config(),
+            "sharpen_temperature": self.sharpen_temperature,
+            "alpha": self.alpha,
+            "lambda_u": self.lambda_u,
+            "rampup_steps": self.rampup_steps,
+            "guess_with": self.guess_with,
+            "seed": self.seed,
+        }
