@@ -1,0 +1,447 @@
+"""Bad input: what is skipped and reported, what is refused, and the report a run writes.
+
+Every problem the data layer meets is one of three outcomes, never a silent drop and never a traceback from inside
+``tf.data``:
+
+- **skipped**: the file (or CSV row) is left out, and recorded in the :class:`DataReport` with its path and the
+  problem; a one-line warning is logged the first time.
+- **refused**: :class:`DataError` is raised before training, with one line ``"<path>: <problem>"``.
+- **note**: the example is used, but something is worth knowing (a file that is its own patient because no
+  patient rule matched it, byte-identical files, files that are not images and were not considered).
+
+What happens to each kind (``PROBLEMS`` holds the wording; ``on_bad_file="raise"`` turns every per-file *skip* into
+a *refusal*):
+
+| kind | outcome |
+| --- | --- |
+| ``missing_file`` (CSV/list row naming a file that does not exist) | skipped |
+| ``empty_file`` (0 bytes) | skipped |
+| ``not_a_file`` (a folder or special file where an image was expected) | skipped |
+| ``unreadable`` (permission denied, I/O error, dangling symlink) | skipped |
+| ``not_image`` (content is not an image format, e.g. a text file named ``.jpeg``) | skipped |
+| ``truncated`` (truncated or corrupt image data) | skipped |
+| ``bad_image`` (decoded but unusable: unsupported pixel type or layout, preprocessing failed) | skipped |
+| ``outside_root`` (``../``, an absolute path or a symlink leading out of the data root) | skipped |
+| ``unknown_label`` / ``missing_label`` (CSV label not among the classes / blank) | skipped |
+| ``duplicate_row`` (the same file twice with the same label) | later rows skipped |
+| ``conflicting_labels`` (the same file with different labels) | all its rows skipped |
+| ``no_class_folder`` (an image directly in the root of a class-folder tree) | skipped |
+| ``empty_class`` (a class folder without images) | refused (``allow_empty_classes=True``: note) |
+| ``bad_table`` (CSV without the named columns, no rows, ``.xls``; ``.npz`` without the arrays) | refused |
+| ``no_images`` (a source that resolves to no usable example) | refused |
+| ``ignored_file`` (hidden files, ``__MACOSX``, non-image suffixes, symlinked folders) | note |
+| ``own_patient`` (no patient rule matched: the file is its own patient) | note |
+| ``duplicate_content`` (byte-identical files; splits keep them together) | note |
+
+CMYK JPEGs and 16-bit PNG/TIFF are not problems: :func:`kd_keras.data.preprocess.read_image` converts CMYK to RGB
+and keeps 16-bit precision.
+
+Example:
+
+```python
+from kd_keras.data.sources import from_class_folders
+from kd_keras.data.validate import check_files
+
+records = check_files(from_class_folders("chest_xray/train"), mode="decode")
+print(records.report.format_summary())
+records.report.write_json("runs/cxr/data_report.json")
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import stat
+import threading
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kd_keras.data.records import Records
+
+logger = logging.getLogger("kd_keras.data")
+
+PROBLEMS = {
+    "missing_file": "file does not exist",
+    "empty_file": "empty file (0 bytes)",
+    "not_a_file": "not a regular file",
+    "unreadable": "cannot read file",
+    "not_image": "not an image",
+    "truncated": "truncated or corrupt image data",
+    "bad_image": "image cannot be used",
+    "outside_root": "path escapes the data root",
+    "unknown_label": "label is not one of the classes",
+    "missing_label": "no label",
+    "duplicate_row": "file listed more than once",
+    "conflicting_labels": "file listed with different labels",
+    "no_class_folder": "image is not inside a class folder",
+    "empty_class": "class folder holds no images",
+    "bad_table": "table cannot be used",
+    "no_images": "no usable images",
+    "ignored_file": "not an image file; not used",
+    "own_patient": "no patient rule matched; the file is its own patient",
+    "duplicate_content": "byte-identical to another file",
+}
+ACTIONS = ("skipped", "refused", "note")
+CHECK_MODES = ("exists", "header", "decode")
+_LOGGED_KINDS_AS_INFO = ("ignored_file", "own_patient", "duplicate_content")
+
+
+class DataError(ValueError):
+    """Input refused before training; ``str(error)`` is one line naming the file (or folder) and the problem."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path = os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One entry of a :class:`DataReport`."""
+
+    action: str  # "skipped", "refused" or "note"
+    kind: str  # a key of PROBLEMS
+    path: str
+    detail: str  # one line, specific to this file
+
+    def line(self) -> str:
+        return f"{self.path}: {self.detail}"
+
+
+class DataReport:
+    """What was skipped, refused or noted while resolving, checking and streaming a source. Thread-safe (the
+    tf.data pipeline adds to it from parallel decode calls); an entry is kept once per (path, kind), so a bad file
+    met in every epoch is reported once.
+
+    Example:
+
+    ```python
+    report = records.report
+    print(report.format_summary())          # "skipped 2 files (1 truncated, 1 empty_file); notes: ..."
+    report.write_json("runs/x/data_report.json")
+    ```
+    """
+
+    def __init__(self):
+        self._entries: dict[tuple[str, str], Problem] = {}
+        self._lock = threading.Lock()
+
+    def _add(self, action: str, kind: str, path: str | os.PathLike, detail: str | None) -> Problem:
+        if action not in ACTIONS or kind not in PROBLEMS:
+            raise ValueError(f"unknown report action/kind {action!r}/{kind!r}")
+        detail = " ".join((detail or PROBLEMS[kind]).split())  # always one line
+        problem = Problem(action, kind, os.fspath(path), detail)
+        with self._lock:
+            key = (problem.path, kind)
+            is_new = key not in self._entries
+            if is_new or action == "refused":
+                self._entries[key] = problem
+        if is_new and action == "skipped":
+            log = logger.info if kind in _LOGGED_KINDS_AS_INFO else logger.warning
+            log("skipped %s", problem.line())
+        return problem
+
+    def skip(self, kind: str, path: str | os.PathLike, detail: str | None = None) -> None:
+        """Records that ``path`` is left out because of ``kind`` (``detail``: one line on this file)."""
+        self._add("skipped", kind, path, detail)
+
+    def note(self, kind: str, path: str | os.PathLike, detail: str | None = None) -> None:
+        """Records something worth knowing about a file that is still used."""
+        self._add("note", kind, path, detail)
+
+    def refuse(self, kind: str, path: str | os.PathLike, detail: str | None = None) -> DataError:
+        """Records a refusal and returns the :class:`DataError` to raise (``raise report.refuse(...)``)."""
+        problem = self._add("refused", kind, path, detail)
+        return DataError(problem.path, problem.detail)
+
+    def merge(self, other: DataReport) -> None:
+        """Adds ``other``'s entries to this report (no-op when it is this report)."""
+        if other is self:
+            return
+        for problem in other.entries():
+            with self._lock:
+                self._entries.setdefault((problem.path, problem.kind), problem)
+
+    def entries(self, action: str | None = None, kind: str | None = None) -> list[Problem]:
+        """Entries in insertion order, optionally only one action and/or kind."""
+        with self._lock:
+            items = list(self._entries.values())
+        return [p for p in items if (action is None or p.action == action) and (kind is None or p.kind == kind)]
+
+    def skipped_paths(self) -> list[str]:
+        """Every path that was left out (unique, in the order met)."""
+        return list(dict.fromkeys(p.path for p in self.entries("skipped")))
+
+    def counts(self) -> dict:
+        """``{"skipped": files, "refused": n, "notes": n, "skipped_by_kind": {...}, "notes_by_kind": {...}}``."""
+        entries = self.entries()
+        skipped = [p for p in entries if p.action == "skipped"]
+        notes = [p for p in entries if p.action == "note"]
+        return {
+            "skipped": len({p.path for p in skipped}),
+            "refused": sum(p.action == "refused" for p in entries),
+            "notes": len(notes),
+            "skipped_by_kind": dict(sorted(Counter(p.kind for p in skipped).items())),
+            "notes_by_kind": dict(sorted(Counter(p.kind for p in notes).items())),
+        }
+
+    def format_summary(self) -> str:
+        """One line for a log: what was skipped and noted, by kind."""
+        counts = self.counts()
+
+        def by_kind(mapping):
+            return ", ".join(f"{n} {kind}" for kind, n in mapping.items())
+
+        parts = [f"skipped {counts['skipped']} files" + (f" ({by_kind(counts['skipped_by_kind'])})"
+                                                         if counts["skipped"] else "")]
+        if counts["notes"]:
+            parts.append(f"notes: {by_kind(counts['notes_by_kind'])}")
+        if counts["refused"]:
+            parts.append(f"refused: {counts['refused']}")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the counts and every entry (action, kind, path, detail)."""
+        return {**self.counts(), "entries": [asdict(p) for p in self.entries()]}
+
+    def write_json(self, path: str | os.PathLike) -> Path:
+        """Writes :meth:`to_dict` as JSON (the run's data summary) and returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    def __repr__(self) -> str:
+        return f"DataReport({self.format_summary()})"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# File checks
+# --------------------------------------------------------------------------------------------------------------
+
+_MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"BM", "BMP"), (b"II*\x00", "TIFF"),
+          (b"MM\x00*", "TIFF"), (b"GIF8", "GIF"), (b"RIFF", "WebP"), (b"\x93NUMPY", "NPY"))
+_PNG_END = b"IEND\xaeB`\x82"
+_TAIL_BYTES = 4096
+
+
+def _stat_problem(path: str) -> tuple[str, str] | None:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return "unreadable", f"dangling symlink to {os.readlink(path)}"
+        return "missing_file", "file does not exist"
+    except OSError as error:
+        return "unreadable", f"cannot read file ({error.strerror or error})"
+    if not stat.S_ISREG(info.st_mode):
+        return "not_a_file", "not a regular file (a folder or special file)"
+    if info.st_size == 0:
+        return "empty_file", "empty file (0 bytes)"
+    return None
+
+
+def _header_problem(path: str) -> tuple[str, str] | None:
+    """Magic bytes and, for JPEG and PNG, the end marker in the last 4 KB (a cut-off file has none)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(max(0, size - _TAIL_BYTES))
+            tail = handle.read()
+    except OSError as error:
+        return "unreadable", f"cannot read file ({error.strerror or error})"
+    fmt = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+    if fmt is None or fmt == "NPY":
+        return "not_image", "not an image (no known image signature)"
+    if fmt == "JPEG" and b"\xff\xd9" not in tail:
+        return "truncated", "truncated JPEG (no end-of-image marker)"
+    if fmt == "PNG" and _PNG_END not in tail:
+        return "truncated", "truncated PNG (no IEND chunk)"
+    return None
+
+
+def _decode_problem(path: str) -> tuple[str, str] | None:
+    from kd_keras.data.preprocess import ImageReadError, read_image
+
+    try:
+        image = read_image(path)
+    except ImageReadError as error:
+        return classify_read_error(error.problem), error.problem
+    except Exception as error:  # noqa: BLE001 - any decoder failure is a skipped file, not a crash
+        return "bad_image", f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        return "bad_image", f"image has no pixels (shape {image.shape})"
+    return None
+
+
+def classify_read_error(problem: str) -> str:
+    """Maps the wording of an :class:`~kd_keras.data.preprocess.ImageReadError` to a report kind."""
+    text = problem.lower()
+    if "0 bytes" in text or "empty file" in text:
+        return "empty_file"
+    if "cannot read" in text:
+        return "unreadable"
+    if "not an image" in text:
+        return "not_image"
+    if "truncated" in text or "corrupt" in text:
+        return "truncated"
+    return "bad_image"
+
+
+def check_file(path: str | os.PathLike, mode: str = "header") -> tuple[str, str] | None:
+    """Checks one file: ``None`` when usable, else ``(kind, one-line problem)``.
+
+    Args:
+        path: the file.
+        mode: ``"exists"`` (a non-empty regular file), ``"header"`` (also a known image signature and, for JPEG
+            and PNG, an end marker in the last 4 KB), ``"decode"`` (also decodes it fully with OpenCV).
+
+    Example:
+
+    ```python
+    check_file("CNV-1016042-1.jpeg", mode="decode")  # None, or ("truncated", "truncated JPEG ...")
+    ```
+    """
+    if mode not in CHECK_MODES:
+        raise ValueError(f"mode must be one of {CHECK_MODES}, got {mode!r}")
+    path = os.fspath(path)
+    problem = _stat_problem(path)
+    if problem is None and mode in ("header", "decode"):
+        problem = _header_problem(path)
+    if problem is None and mode == "decode":
+        problem = _decode_problem(path)
+    return problem
+
+
+def check_files(
+    records: Records,
+    mode: str = "header",
+    workers: int | None = None,
+    on_bad_file: str = "skip",
+) -> Records:
+    """Checks every file of a source before training; bad files are skipped and reported, or refused.
+
+    ``"header"`` reads 16 bytes and the last 4 KB of each file (fast enough for a pool of 500k files);
+    ``"decode"`` decodes every image (what a labeled set or a test set deserves). Whatever a check misses is
+    still caught by the pipeline at run time, skipped and reported, never raised inside ``tf.data``.
+
+    Args:
+        records: the source.
+        mode: ``"exists"``, ``"header"`` or ``"decode"`` (see :func:`check_file`).
+        workers: threads (OpenCV and file reads release the GIL); default ``min(8, cpu_count + 2)``.
+        on_bad_file: ``"skip"`` (leave out and report) or ``"raise"`` (refuse: :class:`DataError` naming the
+            first bad file, and how many there are).
+
+    Returns:
+        The records without the bad files (same report).
+
+    Raises:
+        DataError: ``on_bad_file="raise"`` and a file is bad, or no file is usable.
+
+    Example:
+
+    ```python
+    records = check_files(from_folder("/data/oct_pool"), mode="header")
+    ```
+    """
+    if on_bad_file not in ("skip", "raise"):
+        raise ValueError(f"on_bad_file must be 'skip' or 'raise', got {on_bad_file!r}")
+    if mode not in CHECK_MODES:
+        raise ValueError(f"mode must be one of {CHECK_MODES}, got {mode!r}")
+    if records.paths is None:
+        return records  # array sources hold decoded pixels already
+    n = len(records)
+    paths = records.paths
+    problems: list = [None] * n
+    chunk = 2048
+
+    def run(start: int):
+        return start, [check_file(paths[i], mode) for i in range(start, min(n, start + chunk))]
+
+    workers = workers or min(8, (os.cpu_count() or 1) + 2)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for start, results in pool.map(run, range(0, n, chunk)):
+            problems[start : start + len(results)] = results
+    bad = [i for i, problem in enumerate(problems) if problem is not None]
+    if bad and on_bad_file == "raise":
+        kind, detail = problems[bad[0]]
+        more = f" ({len(bad)} bad files in all)" if len(bad) > 1 else ""
+        raise records.report.refuse(kind, paths[bad[0]], detail + more)
+    for i in bad:
+        kind, detail = problems[i]
+        records.report.skip(kind, paths[i], detail)
+    keep = np.ones(n, bool)
+    keep[bad] = False
+    if n and not keep.any():
+        raise records.report.refuse("no_images", records.root or paths[0], f"none of the {n} files is usable")
+    return records.subset(keep) if bad else records
+
+
+def find_duplicate_files(paths) -> list[np.ndarray]:
+    """Groups of byte-identical files (sizes first, then a BLAKE2 hash of equal-sized files only).
+
+    Args:
+        paths: file paths.
+
+    Returns:
+        A list of int arrays, each the positions (into ``paths``) of two or more identical files.
+
+    Example:
+
+    ```python
+    groups = find_duplicate_files(records.paths)  # the Kermany chest X-rays hold 24 such groups
+    ```
+    """
+    by_size: dict[int, list[int]] = defaultdict(list)
+    for i, path in enumerate(paths):
+        try:
+            by_size[os.stat(path).st_size].append(i)
+        except OSError:
+            continue
+    by_hash: dict[tuple[int, bytes], list[int]] = defaultdict(list)
+    for size, members in by_size.items():
+        if len(members) < 2 or size == 0:
+            continue
+        for i in members:
+            try:
+                with open(paths[i], "rb") as handle:
+                    digest = hashlib.blake2b(handle.read(), digest_size=16).digest()
+            except OSError:
+                continue
+            by_hash[(size, digest)].append(i)
+    return [np.asarray(group, np.int64) for group in by_hash.values() if len(group) > 1]
+
+
+def report_duplicates(records: Records) -> list[np.ndarray]:
+    """Finds byte-identical files in ``records``, notes each in its report (naming the other copies, and whether
+    their labels disagree) and returns the groups (see :func:`find_duplicate_files`).
+
+    Example:
+
+    ```python
+    groups = report_duplicates(records)
+    print(records.report.counts()["notes_by_kind"].get("duplicate_content", 0))
+    ```
+    """
+    if records.paths is None:
+        return []
+    groups = find_duplicate_files(records.paths)
+    for group in groups:
+        if records.task == "multilabel":
+            labels = {tuple(records.labels[i].tolist()) for i in group}
+        else:
+            labels = {int(records.labels[i]) for i in group}
+        disagree = " with DIFFERENT labels" if len(labels) > 1 else ""
+        for i in group:
+            others = ", ".join(os.path.basename(records.paths[j]) for j in group if j != i)
+            records.report.note("duplicate_content", records.paths[i],
+                                f"byte-identical to {others}{disagree}")
+    return groups
