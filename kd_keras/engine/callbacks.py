@@ -280,6 +280,7 @@ def fit_resumable(
             callbacks=callbacks,
             validation_data=validation_data,
             verbose=verbose,
+            shuffle=False,  # the stream's own (seeded) shuffle is the order; Keras cannot shuffle a dataset
         )
         for key, values in result.history.items():
             history.setdefault(key, []).extend(values)

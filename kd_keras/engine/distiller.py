@@ -69,7 +69,9 @@ class StepContext:
         replica = tf.distribute.get_replica_context()
         self._replica = replica
         self._local_size = tf.shape(batch[schema.IMAGE])[0]
-        self._sizes = replica.all_gather(tf.reshape(self._local_size, [1]), axis=0)  # examples per replica
+        local = tf.reshape(self._local_size, [1])
+        # Examples per replica (a collective only when there are several replicas).
+        self._sizes = local if replica.num_replicas_in_sync == 1 else replica.all_gather(local, axis=0)
         self.replica_offset = tf.reduce_sum(self._sizes[: replica.replica_id_in_sync_group])
         self.global_batch_size = tf.cast(tf.reduce_sum(self._sizes), tf.float32)
 
@@ -80,6 +82,8 @@ class StepContext:
         replica. Replicas may hold different numbers of examples (a last partial batch): rows are padded to
         the largest replica for the collective, then the padding is dropped.
         """
+        if self._replica.num_replicas_in_sync == 1:
+            return value
         largest = tf.reduce_max(self._sizes)
         padding = [[0, largest - self._local_size]] + [[0, 0]] * (len(value.shape) - 1)
         gathered = self._replica.all_gather(tf.pad(value, padding), axis=0)
@@ -389,4 +393,5 @@ class Distiller(keras.Model):
         )
 
     def get_config(self) -> dict[str, Any]:
-        raise TypeError("Distiller is not serialisable; save the student with save_student(...)")
+        # NotImplementedError: what Keras tools (e.g. TensorBoard) expect from models without a config.
+        raise NotImplementedError("Distiller is not serialisable; save the student with save_student(...)")
