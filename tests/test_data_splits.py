@@ -82,7 +82,13 @@ def _chexpert(rng, patient: int, n: int, label: str) -> str:
     return f"train/patient{patient:05d}/study{n}/view1_frontal.jpg"
 
 
+def _column(rng, patient: int, n: int, label: str) -> str:
+    return f"img_{rng.integers(0, 10**9)}.png"  # the name says nothing: the patient comes from a CSV column
+
+
 def _truth(layout: str, name: str, patient: int) -> str:
+    if layout == "column":
+        return f"P{patient}"
     if layout == "oct":
         return str(1000000 + patient)
     if layout == "cxr":
@@ -92,7 +98,7 @@ def _truth(layout: str, name: str, patient: int) -> str:
     return f"patient{patient:05d}"
 
 
-LAYOUTS = {"oct": _oct, "cxr": _cxr, "eyepacs": _eyepacs, "chexpert": _chexpert}
+LAYOUTS = {"oct": _oct, "cxr": _cxr, "eyepacs": _eyepacs, "chexpert": _chexpert, "column": _column}
 
 
 def _synthetic_records(layout: str, patients: list[int], seed: int, classes: int = 3) -> tuple[Records, list[str]]:
@@ -109,7 +115,10 @@ def _synthetic_records(layout: str, patients: list[int], seed: int, classes: int
             labels.append(label)
             truth.append(_truth(layout, name, patient))
     report = DataReport()
-    ids, _ = patient_ids(names, "auto", report)
+    if layout == "column":
+        ids = np.asarray(truth, dtype=object)
+    else:
+        ids, _ = patient_ids(names, "auto", report)
     records = Records(paths=np.asarray([f"/data/{n}" for n in names], dtype=object),
                       labels=np.asarray(labels, np.int64), patients=ids,
                       class_names=tuple(f"C{k}" for k in range(classes)), task="multiclass", report=report)

@@ -16,7 +16,9 @@ the prefetch depth, not on the pool size; ``cache=`` trades that for speed on sm
 Bad files at run time. A file that fails to decode (truncated, not an image, unreadable, deleted since it was
 listed) is dropped from the stream *and* recorded in ``records.report`` with its path and problem (a warning is
 logged once per file). Nothing is raised inside ``tf.data``. Check files up front with
-:func:`kd_keras.data.validate.check_files` to refuse or skip them before training instead.
+:func:`kd_keras.data.validate.check_files` to refuse or skip them before training instead. Because a file can be
+dropped, the stream's length is unknown to Keras: ``fit`` counts the batches in the first epoch and prints "Your
+input ran out of data" once at its end (harmless); pass ``repeat=True`` and ``steps_per_epoch`` to avoid it.
 
 Example:
 

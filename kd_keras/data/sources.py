@@ -40,6 +40,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -119,6 +120,18 @@ def _file_problem(path: str, real_root: str, allow_outside_root: bool) -> tuple[
     return None
 
 
+def _entry_problem(entry: os.DirEntry) -> tuple[str, str] | None:
+    try:
+        info = entry.stat(follow_symlinks=False)
+    except OSError as error:
+        return "unreadable", f"cannot read file ({error.strerror or error})"
+    if not stat.S_ISREG(info.st_mode):
+        return "not_a_file", "not a regular file (a folder or special file)"
+    if info.st_size == 0:
+        return "empty_file", "empty file (0 bytes)"
+    return None
+
+
 def scan_images(
     folder: str | os.PathLike,
     report: DataReport,
@@ -177,7 +190,12 @@ def scan_images(
             if os.path.splitext(entry.name)[1].lower() not in IMAGE_SUFFIXES:
                 report.note("ignored_file", entry.path, "no image suffix; not used")
                 continue
-            problem = _file_problem(entry.path, real_root, allow_outside_root)
+            if entry.is_symlink():
+                problem = _file_problem(entry.path, real_root, allow_outside_root)
+            else:
+                # The walk never follows symlinked folders, so a plain file here is inside the root: one
+                # (cached) stat instead of resolving every path component, which matters for 500k-file pools.
+                problem = _entry_problem(entry)
             if problem is not None:
                 policy.bad(problem[0], entry.path, problem[1])
                 continue
