@@ -81,6 +81,10 @@ def test_permutation_changes_per_epoch_and_replays_per_seed(data):
     assert _epoch(other)[schema.INDEX].tolist() != first
     ordered = pipeline.make_dataset(labeled, CONFIG, batch_size=8, shuffle=False)
     assert _epoch(ordered)[schema.INDEX].tolist() == list(range(len(labeled)))
+    shards = [_epoch(pipeline.make_dataset(labeled, CONFIG, batch_size=8, seed=3, shard=(2, k)))[schema.INDEX]
+              for k in range(2)]
+    assert sorted(np.concatenate(shards).tolist()) == list(range(24)) and len(shards[0]) == 12
+    assert shards[0].tolist() == first[0::2]  # sharded before decoding, from the same permutation
     repeated = pipeline.make_dataset(labeled, CONFIG, batch_size=8, seed=3, repeat=True, drop_remainder=True)
     indices = np.concatenate([b[schema.INDEX] for b in repeated.take(6).as_numpy_iterator()])
     assert len(indices) == 48 and sorted(indices[:24].tolist()) == list(range(24))

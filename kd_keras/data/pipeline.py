@@ -126,6 +126,7 @@ def make_dataset(
     repeat: bool = False,
     drop_remainder: bool = False,
     float_labels: bool = False,
+    shard: tuple[int, int] | None = None,
     num_parallel_calls: int = AUTOTUNE,
     deterministic: bool | None = None,
 ) -> tf.data.Dataset:
@@ -153,6 +154,11 @@ def make_dataset(
         repeat: repeat forever (then pass ``steps_per_epoch`` to ``fit``).
         drop_remainder: drop the last partial batch (static batch size, e.g. for TPUs).
         float_labels: emit binary labels as float32 0/1 (a one-logit head); multi-label labels are always float32.
+        shard: ``(num_shards, shard_index)``: stream only this shard of each epoch's permutation, *before* decoding
+            (multi-worker training: ``strategy.distribute_datasets_from_function(lambda ctx: make_dataset(...,
+            batch_size=ctx.get_per_replica_batch_size(global_batch), shard=(ctx.num_input_pipelines,
+            ctx.input_pipeline_id)))``). Without it, a dataset given to a multi-worker strategy is sharded by
+            element (``AutoShardPolicy.DATA``): correct, but every worker decodes every image.
         num_parallel_calls: parallelism of the decode map.
         deterministic: keep element order under parallel decode (``None``: tf.data's default, ``True``).
 
@@ -205,6 +211,12 @@ def make_dataset(
         return {key: value for key, value in element.items() if key != _OK}
 
     dataset = _positions_dataset(positions, shuffle, seed, repeat and not cache)
+    if shard is not None:
+        num_shards, shard_index = (int(v) for v in shard)
+        if num_shards < 1 or not 0 <= shard_index < num_shards:
+            raise ValueError(f"shard must be (num_shards, index) with 0 <= index < num_shards, got {shard}")
+        # Same seed on every worker -> same permutation, so the shards of an epoch are disjoint.
+        dataset = dataset.shard(num_shards, shard_index)
     dataset = dataset.map(load, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
     dataset = dataset.filter(lambda element: element[_OK]).map(drop_flag)
     if cache:
@@ -240,8 +252,10 @@ def make_dataset(
         dataset = dataset.map(add_logits, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
 
     options = tf.data.Options()
-    # Positions are not files: shard by element under multi-worker strategies (FILE sharding would fail).
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    # Positions are not files: shard by element under multi-worker strategies (FILE sharding would fail), unless
+    # the caller already sharded the positions.
+    policy = tf.data.experimental.AutoShardPolicy
+    options.experimental_distribute.auto_shard_policy = policy.OFF if shard is not None else policy.DATA
     return dataset.with_options(options).prefetch(AUTOTUNE)
 
 
@@ -314,7 +328,9 @@ def make_mixed_dataset(
             seeded and nested across fractions (:func:`select_fraction`).
         seed: seeds both the pool selection and the shuffle (``None``: selection seed 0, random shuffle).
         teacher_logits: ``(L + U, K)`` array or memmap in the order of :func:`mixed_records`.
-        **kwargs: passed to :func:`make_dataset` (``augmenter``, ``cache``, ``repeat``, ...).
+        **kwargs: passed to :func:`make_dataset` (``augmenter``, ``cache``, ``repeat``, ``shard``, ...).
+
+    Files skipped at run time are recorded in ``labeled.report``, which also receives the pool's report entries.
 
     Example:
 
