@@ -14,7 +14,7 @@ def test_imagenet_mode_matches_hand_computation():
 def test_caffe_mode_swaps_to_bgr_and_subtracts_mean():
     x = np.array([[[[10.0, 20.0, 30.0]]]], dtype="float32")
     got = np.asarray(PixelNormalization("caffe")(x))
-    np.testing.assert_allclose(got[0, 0, 0], [30 - 103.53, 20 - 116.28, 10 - 123.675], rtol=1e-6)
+    np.testing.assert_allclose(got[0, 0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68], rtol=1e-6)
 
 
 def test_grey_to_rgb_and_unit_modes():

@@ -84,16 +84,7 @@ EXPECTED_MODE = {
     "densenet201": "imagenet",
 }
 
-# kd_keras/models/layers.py's "caffe" mode subtracts torchvision's ImageNet mean (123.675, 116.28, 103.53) where
-# Keras' caffe preprocessing (what VGG16/ResNet50's ImageNet weights were trained with) subtracts the BGR mean
-# (103.939, 116.779, 123.68): off by up to 0.5 grey level. Fix requested from the owner of layers.py; strict, so
-# this marker must go when it is fixed.
-_CAFFE_MEAN_BUG = pytest.mark.xfail(
-    strict=True, reason="layers.py caffe mode uses torchvision's mean, not Keras' caffe BGR mean (fix requested)"
-)
-
-
-@pytest.mark.parametrize("mode", [pytest.param("caffe", marks=_CAFFE_MEAN_BUG), "imagenet"])
+@pytest.mark.parametrize("mode", ["caffe", "imagenet"])
 def test_normalization_equals_keras_preprocess_input(mode):
     name = {"caffe": "resnet50", "imagenet": "densenet121"}[mode]
     x = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype("float32")

@@ -83,3 +83,17 @@ def test_saved_keras_file_reloads(tmp_path):
     again = keras.models.load_model(path)
     x = np.random.default_rng(1).uniform(0, 255, (1, 40, 40, 1)).astype("float32")
     np.testing.assert_allclose(np.asarray(again(x)), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_saved_model_loads_in_a_fresh_process(tmp_path):
+    """Custom layers (channel shuffle, hard-swish, normalisation) must be found without building anything first."""
+    import subprocess
+    import sys
+
+    model = build_model("shufflenet_g3_wd4", input_shape=(32, 32, 3), num_classes=2)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    code = f"from kd_keras.models import load_model; m = load_model({str(path)!r}); print(m.output.shape[-1])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("2")

@@ -43,7 +43,7 @@ from kd_keras.models.registry import with_taps
 
 def teacher_tap_key(tap: str) -> str:
     """Batch key of a cached teacher feature map for ``tap`` (read instead of running the teacher)."""
-    return f"{schema.TEACHER_LOGITS}:{tap}"
+    return f"{schema.TEACHER_TAP_PREFIX}{tap}"
 
 
 class _Untracked:

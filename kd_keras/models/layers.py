@@ -9,9 +9,11 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-# Per-channel statistics of ImageNet, in RGB order, on the [0, 255] scale.
+# Per-channel statistics of ImageNet, in RGB order, on the [0, 255] scale (torchvision / imgclsmob, Keras "torch").
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+# The BGR mean Keras' "caffe" preprocessing subtracts (VGG16 / ResNet50 ImageNet weights were trained with it).
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 
 @keras.saving.register_keras_serializable(package="kd_keras")
@@ -51,9 +53,9 @@ class PixelNormalization(layers.Layer):
         if self.mode == "caffe":
             if channels == 3:
                 x = x[..., ::-1]  # RGB -> BGR
-                mean = IMAGENET_MEAN[::-1]
+                mean = CAFFE_MEAN_BGR
             else:
-                mean = (sum(IMAGENET_MEAN) / 3,)
+                mean = (sum(CAFFE_MEAN_BGR) / 3,)
             return x - ops.convert_to_tensor(mean, dtype=x.dtype)
         # imagenet
         if channels == 3:
