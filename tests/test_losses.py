@@ -346,3 +346,17 @@ def test_sharpen_and_mixmatch_loss():
         10.0 * float(np.mean((targets[1, 0] - softmax(logits[1, 0])) ** 2)),
     ]
     close(losses.mixmatch_loss(targets, logits, labeled, lambda_u=10.0), expected)
+
+
+def test_hard_label_multilabel_ignores_uncertain_minus_one_labels():
+    # CheXpert U-ignore: -1 labels get weight 0 and the mean runs over the known labels only.
+    logits = tf.constant([[0.0, 2.0, -1.0], [1.0, 0.0, 0.0]])
+    labels = tf.constant([[1.0, -1.0, 0.0], [-1.0, -1.0, -1.0]])
+    got = losses.hard_label_cross_entropy(labels, logits, "multilabel").numpy()
+    # row 0: BCE(1, sigmoid(0)) = log 2; BCE(0, sigmoid(-1)) = log(1 + e^-1); the -1 label is left out.
+    expected_row0 = (math.log(2.0) + math.log(1.0 + math.exp(-1.0))) / 2.0
+    np.testing.assert_allclose(got, [expected_row0, 0.0], rtol=1e-6, atol=1e-7)
+    # Without -1 labels nothing changes: the plain mean over all labels.
+    full = losses.hard_label_cross_entropy(tf.constant([[1.0, 0.0, 0.0]]), logits[:1], "multilabel").numpy()
+    expected_full = (math.log(2.0) + math.log(1.0 + math.exp(2.0)) + math.log(1.0 + math.exp(-1.0))) / 3.0
+    np.testing.assert_allclose(full, [expected_full], rtol=1e-6)

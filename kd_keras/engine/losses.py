@@ -94,14 +94,24 @@ def hard_label_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, task: str = "
         task: see the module docstring.
 
     Returns:
-        ``(batch,)``; multi-label averages the per-label BCE.
+        ``(batch,)``; multi-label averages the per-label BCE over the **known** labels: a label equal to -1
+        (CheXpert's uncertain label under the U-ignore policy, :func:`kd_keras.data.sources.chexpert` with
+        ``uncertain="ignore"``) gets weight 0 and is left out of the average; an example with no known label
+        gets 0.
 
     Example:
         >>> hard_label_cross_entropy(tf.constant([1]), tf.constant([[0.0, 0.0]])).numpy()  # log 2
         array([0.6931472], dtype=float32)
     """
     task = resolve_task(task, logits)
-    return soft_cross_entropy(hard_targets(labels, task, logits.shape[-1]), class_logits(logits, task))
+    if task != "multilabel":
+        return soft_cross_entropy(hard_targets(labels, task, logits.shape[-1]), class_logits(logits, task))
+    labels = tf.reshape(tf.cast(labels, tf.float32), [-1, logits.shape[-1]])
+    known = tf.cast(labels >= 0.0, tf.float32)  # (batch, L); -1 = uncertain, ignored
+    grouped = class_logits(logits, task)
+    targets = hard_targets(labels * known, task, logits.shape[-1])
+    per_label = -tf.reduce_sum(targets * tf.nn.log_softmax(grouped, axis=-1), axis=-1)  # (batch, L)
+    return tf.math.divide_no_nan(tf.reduce_sum(per_label * known, -1), tf.reduce_sum(known, -1))
 
 
 def temperature_probabilities(logits: tf.Tensor, temperature: float = 1.0, task: str = "auto") -> tf.Tensor:
