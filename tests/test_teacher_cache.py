@@ -126,6 +126,10 @@ def test_cached_outputs_equal_direct_predict(teacher, records, reference, tmp_pa
     np.testing.assert_allclose(cache.logits[4:9], reference["logits"][4:9], rtol=1e-6, atol=1e-6)
     with pytest.raises(IndexError, match="out of range"):
         cache.lookup([NUM_IMAGES])
+    # A lookup maps only the shards it reads (memory does not grow with the pool).
+    reopened = tc.TeacherCache.open(cache.path / "manifest.json")
+    reopened.lookup([13, 12])
+    assert sorted(reopened.logits._maps) == [2]
 
 
 def test_reuse_makes_no_teacher_call(teacher, records, reference, tmp_path, monkeypatch):
@@ -372,3 +376,14 @@ def test_cli_shards_merge_and_errors(teacher, pool_dir, records, tmp_path, capsy
     assert "0 <= i < n" in capsys.readouterr().err
     assert tc.main([*common[:5], "64", *common[6:]]) == 1  # preprocessing not the teacher's input
     assert "teacher takes inputs of shape (32, 32, 3)" in capsys.readouterr().err
+
+
+def test_float16_overflow_is_refused(records, tmp_path):
+    image = keras.Input((32, 32, 3), name="image")
+    big = keras.layers.Rescaling(1e4, name="stage1")(image)  # pixels up to 2.55e6: beyond float16's 65504
+    logits = keras.layers.Dense(2, name="logits")(keras.layers.GlobalAveragePooling2D()(big))
+    loud = keras.Model(image, logits)
+    with pytest.raises(tc.CacheError, match="overflow float16"):
+        build(loud, records, tmp_path, taps=["stage1"])
+    cache = build(loud, records, tmp_path, taps={"stage1": "float32"})
+    assert cache.features("stage1").dtype == np.float32

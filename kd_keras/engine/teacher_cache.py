@@ -821,7 +821,8 @@ def _store(value: np.ndarray, storage: str, name: str) -> np.ndarray:
             else value.astype(np.float32)
         )
     if storage == "float16":
-        stored = value.astype(np.float16)
+        with np.errstate(over="ignore"):  # checked just below, with a message that says what to do
+            stored = value.astype(np.float16)
         if not np.isfinite(stored).all() and np.isfinite(value).all():
             raise CacheError(
                 name,
