@@ -515,10 +515,10 @@ def with_cached_teacher(
     """Adds cached teacher logits (and taps) to a ``tf.data`` stream of dicts carrying ``index``.
 
     Each element gets ``teacher_logits`` (float32, ``index.shape + (K,)``) and, for each tap in ``taps``,
-    ``teacher_tap_key(tap)`` (float32). Works on batched (``index`` of shape ``(B,)``) and unbatched streams.
-    The rows are read from the memory-mapped shards through ``tf.numpy_function`` per element, so memory does
-    not grow with the pool. Under a multi-worker strategy every worker needs the cache folder (a shared file
-    system).
+    ``schema.TEACHER_TAP_PREFIX + tap`` (float32; the key the ``Distiller`` reads). Works on batched
+    (``index`` of shape ``(B,)``) and unbatched streams. The rows are read from the memory-mapped shards
+    through ``tf.numpy_function`` per element, so memory does not grow with the pool. Under a multi-worker
+    strategy every worker needs the cache folder (a shared file system).
 
     Args:
         dataset: ``tf.data.Dataset`` of dicts with :data:`kd_keras.data.schema.INDEX` (int), the row of the
@@ -536,8 +536,6 @@ def with_cached_teacher(
     """
     import tensorflow as tf
 
-    from kd_keras.engine.distiller import teacher_tap_key
-
     taps = tuple(taps)
     for tap in taps:
         cache.features(tap)  # a clear error now rather than inside tf.data
@@ -548,7 +546,7 @@ def with_cached_teacher(
             f"with_cached_teacher needs dict elements with an integer {schema.INDEX!r}; got {keys_found}"
         )
     arrays = [cache.logits] + [cache.features(t) for t in taps]
-    keys = [schema.TEACHER_LOGITS] + [teacher_tap_key(t) for t in taps]
+    keys = [schema.TEACHER_LOGITS] + [schema.TEACHER_TAP_PREFIX + t for t in taps]
     parallel = tf.data.AUTOTUNE if num_parallel_calls is None else num_parallel_calls
 
     def rows(index):
