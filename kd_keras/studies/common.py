@@ -176,8 +176,11 @@ def train_stage(
         ``{"loss": [...per epoch], "curve": [(step, score), ...], "best_score", "best_epoch", "seconds"}``.
     """
     distiller = Distiller(student, teacher)
-    opt = keras.optimizers.get({"class_name": optimizer, "config": {"learning_rate": 1.0}})
-    opt.learning_rate = learning_rate if not isinstance(learning_rate, float | int) else float(learning_rate)
+    optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "adamw": keras.optimizers.AdamW}
+    if optimizer not in optimizers:
+        raise ValueError(f"optimizer must be one of {sorted(optimizers)}, got {optimizer!r}")
+    lr = float(learning_rate) if isinstance(learning_rate, float | int) else learning_rate
+    opt = optimizers[optimizer](learning_rate=lr)
     distiller.compile(optimizer=opt, objective=objective)
     curve: list[tuple[int, float]] = []
     best = {"score": -np.inf, "weights": None, "epoch": -1}
