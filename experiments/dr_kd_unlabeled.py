@@ -103,7 +103,8 @@ def main(argv=None) -> int:
         if not args.data:
             raise ValueError("give --data (and --layout), or --demo")
         labeled = common.load_labeled(args.layout, args.data, image_dir=args.image_dir, task=args.task)
-        pool_dir = natural_image_pool(args.pool, out_dir=out / "data" / "natural", n_images=args.pool_size,
+        pool_dir = natural_image_pool(args.pool, out_dir=out / "data" / f"natural_{args.pool_size}_{config.image_size}",
+                                      n_images=args.pool_size,
                                       image_size=config.image_size, seed=config.seed)
     if args.limit and args.limit < len(labeled):
         import numpy as np
