@@ -35,7 +35,10 @@ DEMO_PATIENTS = 60
 TINY = dict(image_size=32, teacher_weights=None, student_weights=None, labeled_fraction=0.3, simclr_epochs=1,
             finetune_epochs=1, student_epochs=1, student_finetune_epochs=1, baseline_epochs=1, batch_size=8,
             simclr_lr=1e-3, finetune_lr=1e-3, student_lr=1e-2, baseline_lr=1e-3, n_boot=0, tsne_points=40,
-            student="densenet40", test_fraction=0.3)
+            test_fraction=0.3,
+            # CI smoke test only: small zoo networks instead of ResNet50/DenseNet keep it under a minute or two
+            # (the protocol and its plumbing are the same; --demo without --tiny uses the paper's architectures).
+            teacher="simple10", student="vgg16_d4")
 TINY_PATIENTS = 12
 
 
