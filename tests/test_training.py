@@ -226,3 +226,56 @@ def test_make_optimizer():
     assert isinstance(make_optimizer(lambda lr: keras.optimizers.RMSprop(lr), 0.1), keras.optimizers.RMSprop)
     with pytest.raises(ValueError, match="optimizer"):
         make_optimizer("lion", 0.1)
+
+
+def test_recalibrate_batch_norm_sets_exact_average_and_restores_momentum():
+    """Precise BN: the moving statistics become the plain average of the batches' own statistics, whatever
+    they were before, and nothing else changes."""
+    from kd_keras.engine.training import recalibrate_batch_norm
+
+    inputs = keras.Input((3,))
+    norm = keras.layers.BatchNormalization(momentum=0.99, epsilon=1e-3)
+    model = keras.Model(inputs, norm(keras.layers.Dense(3, use_bias=False, kernel_initializer="identity")(inputs)))
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(loc, scale, (16, 3)).astype("float32") for loc, scale in [(5, 1), (-1, 2), (2, 0.5)]]
+    weights_before = [w.copy() for w in model.get_weights()[:1]]  # the dense kernel
+
+    used = recalibrate_batch_norm(model, iter(batches + batches), max_batches=3)
+
+    assert used == 3
+    expected_mean = np.mean([b.mean(axis=0) for b in batches], axis=0)
+    expected_var = np.mean([b.var(axis=0) for b in batches], axis=0)  # Keras uses the biased batch variance
+    np.testing.assert_allclose(norm.moving_mean.numpy(), expected_mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(norm.moving_variance.numpy(), expected_var, rtol=1e-4, atol=1e-5)
+    assert norm.momentum == 0.99
+    np.testing.assert_array_equal(model.get_weights()[0], weights_before[0])
+
+
+def test_recalibrate_batch_norm_without_batch_norm_runs_nothing():
+    from kd_keras.engine.training import recalibrate_batch_norm
+
+    def never():
+        raise AssertionError("no batch should be drawn for a model without BatchNorm")
+        yield
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    assert recalibrate_batch_norm(model, never(), max_batches=5) == 0
+
+
+def test_epoch_summaries_write_finite_scalars(tmp_path):
+    """The event file holds one scalar per finite log per epoch, readable without the tensorboard package."""
+    from kd_keras.engine.training import EpochSummaries
+
+    callback = EpochSummaries(tmp_path / "run0")
+    callback.on_epoch_end(0, {"loss": 0.5, "val_auc": 0.75})
+    callback.on_epoch_end(1, {"loss": 0.25, "val_auc": float("nan")})  # NaN is left out, not written
+    callback.on_train_end()
+    (event_file,) = (tmp_path / "run0").iterdir()
+    found = {}
+    for record in tf.data.TFRecordDataset(str(event_file)):
+        event = tf.compat.v1.Event.FromString(record.numpy())
+        for value in event.summary.value:
+            found[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+            assert value.metadata.plugin_data.plugin_name == "scalars"
+    assert found == {("epoch_loss", 1): 0.5, ("epoch_val_auc", 1): 0.75, ("epoch_loss", 2): 0.25}

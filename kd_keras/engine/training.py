@@ -7,6 +7,13 @@ keep the weights of the best epoch, repeat over a learning-rate grid and a few r
 everything (study 002: "the best validation accuracy over epochs, learning rates and runs"). This module does
 that once.
 
+- :func:`recalibrate_batch_norm`: "precise BatchNorm" (Wu & Johnson, 2021): the moving mean and variance of
+  every ``BatchNormalization`` layer set to their exact average over a few training batches. Keras' moving
+  averages (momentum 0.99) still carry their initial values (0 and 1) after a few hundred steps, so a model
+  trained briefly (as on a CPU) predicts nonsense in inference mode although it has learned: measured on the
+  synthetic OCT data, a small CNN after 200 steps scores test AUC 0.55 with Keras' statistics and 0.97 with
+  recalibrated ones. :func:`train` recalibrates before every validation (``bn_batches``), so the chosen epoch,
+  the saved weights and every later prediction use precise statistics.
 - :func:`train`: one run. After every epoch :class:`ValidationTracker` predicts the validation stream in
   batches, computes ``val_accuracy`` and ``val_auc`` with :mod:`kd_keras.evaluation` (the same code as the
   final evaluation, AUC from logits, which Keras' metrics cannot do for a two-logit head), adds them to the
@@ -207,6 +214,67 @@ def predict(
     )
 
 
+# ------------------------------------------------------------------------------------------ precise BatchNorm
+
+
+def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every ``BatchNormalization`` layer of ``model``, nested models included."""
+    found, seen = [], set()
+
+    def visit(layer):
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        for child in getattr(layer, "layers", None) or []:
+            visit(child)
+
+    visit(model)
+    return found
+
+
+def recalibrate_batch_norm(model: keras.Model, batches: Any, max_batches: int = 10) -> int:
+    """Set each BatchNorm layer's moving mean and variance to their average over ``batches`` ("precise BN").
+
+    The model runs in training mode (batch statistics) on each batch, one eager call at a time, with the layers'
+    momentum set to ``k / (k + 1)`` at batch ``k`` so the moving statistics become the exact running average;
+    the momentum is restored afterwards. No weight is trained. Dropout and other random layers draw as in
+    training.
+
+    Args:
+        model: a classifier (a Distiller: its student).
+        batches: an iterable of image batches, or of schema dicts with ``image`` (e.g. the training stream).
+        max_batches: batches to average over.
+
+    Returns:
+        The number of batches used (0 when the model has no BatchNorm layer: nothing is run).
+
+    Example:
+        >>> recalibrate_batch_norm(student, make_dataset(train_records, config, 64), max_batches=10)
+        10
+    """
+    net = _student(model)
+    layers = batch_norm_layers(net)
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    used = 0
+    try:
+        for batch in batches:
+            if used >= max_batches:
+                break
+            images = batch[schema.IMAGE] if isinstance(batch, Mapping) else batch
+            for layer in layers:
+                layer.momentum = used / (used + 1.0)
+            net(images, training=True)
+            used += 1
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    return used
+
+
 # ------------------------------------------------------------------------------------------ one training run
 
 
@@ -225,6 +293,9 @@ class ValidationTracker(keras.callbacks.Callback):
         monitor: ``"accuracy"`` or ``"auc"``: which validation score decides the best epoch.
         directory: where to persist history and best weights (optional).
         batch_size: images per model call.
+        bn_stream: training batches for :func:`recalibrate_batch_norm` before each validation (``None``: keep
+            Keras' moving statistics).
+        bn_batches: how many of them.
 
     Attributes:
         history: one dict per finished epoch (``epoch`` counted from 1, the training logs, ``val_*``).
@@ -237,6 +308,8 @@ class ValidationTracker(keras.callbacks.Callback):
         monitor: str = "accuracy",
         directory: str | os.PathLike | None = None,
         batch_size: int = 64,
+        bn_stream: Any = None,
+        bn_batches: int = 10,
     ):
         super().__init__()
         if monitor not in MONITORS:
@@ -244,6 +317,8 @@ class ValidationTracker(keras.callbacks.Callback):
         self.validation = validation
         self.monitor = monitor
         self.batch_size = batch_size
+        self.bn_stream = bn_stream
+        self.bn_batches = bn_batches
         self.directory = Path(directory) if directory is not None else None
         self.history: list[dict[str, float]] = []
         self.best_score = -math.inf
@@ -257,6 +332,8 @@ class ValidationTracker(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
+        if self.bn_stream is not None and self.bn_batches > 0:
+            recalibrate_batch_norm(self.model, self.bn_stream, self.bn_batches)
         predictions = predict(self.model, self.validation, batch_size=self.batch_size)
         scores = {f"val_{m}": predictions.score(m) for m in MONITORS}
         logs.update(scores)  # the same dict later callbacks receive
@@ -297,6 +374,47 @@ class ValidationTracker(keras.callbacks.Callback):
             student.load_weights(str(self.directory / _BEST_WEIGHTS))
             return True
         return False
+
+
+class EpochSummaries(keras.callbacks.Callback):
+    """TensorBoard event files with every epoch's logs (``loss``, ``accuracy``, ``val_accuracy``, ``val_auc``...).
+
+    Written with TensorFlow's core summary op (``tf.summary.write`` with the "scalars" plugin tag), so writing
+    needs no ``tensorboard`` package (Keras' ``TensorBoard`` callback does, and kd-keras does not depend on it);
+    view them with ``tensorboard --logdir <dir>`` wherever TensorBoard is installed. Put it after
+    :class:`ValidationTracker` so the validation scores are in the logs.
+
+    Args:
+        log_dir: folder of the event file (one per run).
+
+    Example:
+        >>> result = train(model, make_stream, ..., callbacks=[EpochSummaries("runs/x/tensorboard/run0")])
+    """
+
+    def __init__(self, log_dir: str | os.PathLike):
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        from tensorflow.core.framework import summary_pb2
+
+        if self._writer is None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+        metadata = summary_pb2.SummaryMetadata()
+        metadata.plugin_data.plugin_name = "scalars"
+        with self._writer.as_default():
+            for name, value in (logs or {}).items():
+                if value is not None and np.ndim(value) == 0 and math.isfinite(float(value)):
+                    tf.summary.write(f"epoch_{name}", tf.constant(float(value), tf.float32), step=epoch + 1,
+                                     metadata=metadata)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -382,6 +500,7 @@ def train(
     strategy: tf.distribute.Strategy | None = None,
     save_every_steps: int = 100,
     predict_batch_size: int = 64,
+    bn_batches: int = 10,
     verbose: int | str = 0,
 ) -> TrainResult:
     """Train ``model`` for ``epochs`` epochs, keeping the weights of the epoch with the best validation score.
@@ -407,6 +526,8 @@ def train(
         strategy: a ``tf.distribute`` strategy the model was built under (compiles inside its scope).
         save_every_steps: checkpoint period in steps (with ``directory``).
         predict_batch_size: batch size of the per-epoch validation prediction.
+        bn_batches: training batches averaged by :func:`recalibrate_batch_norm` before each validation (0: keep
+            Keras' moving statistics, which lag far behind in short runs).
         verbose: Keras' fit verbosity.
 
     Returns:
@@ -439,7 +560,9 @@ def train(
         stream = make_train_stream()
         return stream if stream.cardinality() == tf.data.INFINITE_CARDINALITY else stream.repeat()
 
-    tracker = ValidationTracker(validation, monitor, directory, predict_batch_size)
+    # A fixed slice of the training stream (same seed, so the same batches in every process) for precise BN.
+    bn_stream = make_train_stream().take(bn_batches) if bn_batches > 0 else None
+    tracker = ValidationTracker(validation, monitor, directory, predict_batch_size, bn_stream, bn_batches)
     stop = StopOnNaN(directory / _CHECKPOINTS if directory is not None else None)
     all_callbacks = [tracker, stop, *callbacks]
     if directory is not None:
