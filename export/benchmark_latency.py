@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parse(argv)
     teacher = None if args.teacher.lower() == "none" else args.teacher
+    load_at_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     try:
         results = benchmark(
             args.targets, teacher=teacher, runtimes=args.runtimes, num_images=args.num_images,
@@ -60,7 +61,7 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     command = "python export/benchmark_latency.py " + " ".join(shlex.quote(a) for a in argv)
-    paths = write_outputs(results, args.out, command=command)
+    paths = write_outputs(results, args.out, command=command, extra={"load_average_at_start": load_at_start})
     print(markdown_table(results))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 1 if any(r.error for r in results) else 0

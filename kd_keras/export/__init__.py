@@ -26,11 +26,17 @@ from kd_keras.export.parity import (
     measure_parity,
 )
 from kd_keras.export.sidecar import read_sidecar, sha256_file, sidecar_path, write_sidecar
-from kd_keras.export.tflite import TFLITE_VARIANTS, LiteRTRunner, convert_tflite, write_saved_model
+from kd_keras.export.tflite import (
+    TFLITE_VARIANTS,
+    LiteRTRunner,
+    convert_tflite,
+    saved_model_converter,
+    write_saved_model,
+)
 
 __all__ = [
     "EXPORT_VARIANTS", "ONNX_OPSET", "TFLITE_VARIANTS", "ExportParityError", "ExportedFile", "LiteRTRunner",
     "OnnxRunner", "ParityReport", "ParityThresholds", "check_parity", "convert_onnx", "convert_tflite", "decisions",
     "export_model", "images_from_folders", "load_keras_model", "measure_parity", "read_sidecar", "sha256_file",
-    "sidecar_path", "write_saved_model", "write_sidecar",
+    "saved_model_converter", "sidecar_path", "write_saved_model", "write_sidecar",
 ]

@@ -39,7 +39,14 @@ from kd_keras.export.parity import (
     measure_parity,
 )
 from kd_keras.export.sidecar import package_versions, sha256_file, sha256_weights, write_sidecar
-from kd_keras.export.tflite import LiteRTRunner, as_image_batch, convert_tflite, model_input_shape, write_saved_model
+from kd_keras.export.tflite import (
+    LiteRTRunner,
+    as_image_batch,
+    convert_tflite,
+    model_input_shape,
+    saved_model_converter,
+    write_saved_model,
+)
 
 EXPORT_VARIANTS = ("tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8", "onnx")
 
@@ -173,7 +180,7 @@ def export_model(
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or model.name
-    keras_logits = model.predict(images, batch_size=batch_size, verbose=0)
+    keras_logits = keras_logits_in_batches(model, images, batch_size)
     common = {
         "model_name": model.name,
         "source": source,
@@ -188,13 +195,13 @@ def export_model(
 
     results, failures = [], []
     with tempfile.TemporaryDirectory() as scratch:
-        saved_model = None
+        converter = None
         for variant in variants:
             path, fmt, precision = _variant_file(output_dir, stem, variant)
             if fmt == "tflite":
-                if saved_model is None:  # trace the Keras model once for every TFLite variant
-                    saved_model = write_saved_model(model, Path(scratch) / "saved_model")
-                convert_tflite(model, path, precision, representative_images, saved_model_dir=saved_model)
+                if converter is None:  # trace and load the Keras model once for every TFLite variant
+                    converter = saved_model_converter(write_saved_model(model, Path(scratch) / "saved_model"))
+                convert_tflite(model, path, precision, representative_images, converter=converter)
             else:
                 convert_onnx(model, path, opset=opset)
             try:
@@ -233,6 +240,20 @@ def export_model(
         error.reports = [r.parity for r in results]
         raise error
     return results
+
+
+def keras_logits_in_batches(model, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Keras logits, ``batch_size`` images per eager call.
+
+    Eager calls on bounded batches skip the graph tracing of ``predict`` (seconds per model, more than the
+    arithmetic for a parity set) and never hold more than one batch of activations (a call on a whole volume
+    would hold all of them).
+    """
+    return np.concatenate(
+        [np.asarray(model(images[start : start + batch_size], training=False))
+         for start in range(0, len(images), batch_size)],
+        axis=0,
+    ).astype(np.float32)
 
 
 def _run_exported(path: Path, fmt: str, images: np.ndarray, batch_size: int, num_threads: int | None):

@@ -75,6 +75,7 @@ class LatencyResult:
     peak_rss_mb: float | None = None
     rss_before_model_mb: float | None = None
     device: str | None = None
+    load_1min_before: float | None = None
     speedup: float | None = None
     macs_ratio: float | None = None
     params_ratio: float | None = None
@@ -342,6 +343,7 @@ def benchmark(
                                        macs=prepared.macs, file_bytes=Path(file).stat().st_size)
                 spec = {"runtime": runtime, "file": str(file), "threads": threads, "batch_size": batch_size,
                         "num_images": num_images, "warmup": warmup, "repeats": repeats}
+                result.load_1min_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
                 try:
                     measured = _spawn_worker(spec, timeout_s)
                 except (RuntimeError, subprocess.TimeoutExpired) as error:

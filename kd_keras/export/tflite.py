@@ -71,6 +71,13 @@ def write_saved_model(model, directory: str | os.PathLike) -> Path:
     return Path(directory)
 
 
+def saved_model_converter(saved_model_dir: str | os.PathLike):
+    """``tf.lite.TFLiteConverter.from_saved_model`` for a SavedModel from :func:`write_saved_model`."""
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+
+
 def as_image_batch(images, input_shape: tuple[int, int, int], what: str = "images") -> np.ndarray:
     """Stack ``images`` (an ``(N, H, W, C)`` array or an iterable of ``(H, W, C)`` arrays) into float32 [0, 255].
 
@@ -109,6 +116,7 @@ def convert_tflite(
     representative_images: np.ndarray | Iterable[np.ndarray] | None = None,
     *,
     saved_model_dir: str | os.PathLike | None = None,
+    converter=None,
     max_calibration_images: int = 200,
 ) -> Path:
     """Convert a Keras model to a ``.tflite`` file.
@@ -121,6 +129,8 @@ def convert_tflite(
             iterable of ``(H, W, C)`` arrays, float pixels in [0, 255]); required for ``"int8"``, unused else.
         saved_model_dir: a SavedModel of ``model`` already written by :func:`write_saved_model` (saves tracing
             the model again when converting several variants).
+        converter: a ``tf.lite.TFLiteConverter`` from :func:`saved_model_converter`, reused across variants
+            (loading the SavedModel is a good part of each conversion); every setting is reset here.
         max_calibration_images: use at most this many representative images (calibration cost grows with it).
 
     Returns:
@@ -147,19 +157,21 @@ def convert_tflite(
         calibration = calibration[:max_calibration_images]
 
     with tempfile.TemporaryDirectory() as scratch:
-        if saved_model_dir is None:
-            saved_model_dir = write_saved_model(model, Path(scratch) / "saved_model")
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if variant != "fp32":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if variant == "fp16":
-            converter.target_spec.supported_types = [tf.float16]
+        if converter is None:
+            if saved_model_dir is None:
+                saved_model_dir = write_saved_model(model, Path(scratch) / "saved_model")
+            converter = saved_model_converter(saved_model_dir)
+        # Every setting, every time: a reused converter must not carry the last variant's settings.
+        converter.optimizations = [] if variant == "fp32" else [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16] if variant == "fp16" else []
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if variant == "int8" else tf.lite.OpsSet.TFLITE_BUILTINS
+        ]
+        converter.representative_dataset = None
+        converter.inference_input_type = converter.inference_output_type = tf.float32
         if variant == "int8":
             converter.representative_dataset = lambda: ([calibration[i : i + 1]] for i in range(len(calibration)))
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.int8
-            converter.inference_output_type = tf.int8
+            converter.inference_input_type = converter.inference_output_type = tf.int8
         try:
             flatbuffer = converter.convert()
         except Exception as error:  # the converter raises many types; say which file and why, in one line
