@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from kd_keras.evaluation.plots import plot_accuracy_vs_fraction, plot_roc_curves, plot_time_vs_accuracy
 from kd_keras.evaluation.report import format_ci, markdown_table
-
-TEACHER_FAMILY = "teacher (resnet50)"
 
 
 def _sets(results: dict) -> list[str]:
@@ -45,19 +45,35 @@ def table_sensitivity_specificity(results: dict) -> str:
     return markdown_table(headers, rows)
 
 
+def _run_label(r: dict) -> str:
+    label = f"{r['method']} {int(round(100 * r['fraction']))}%"
+    objective = r.get("objective") or {}
+    if "temperature" in objective:
+        label += f" (T={objective['temperature']:g}, alpha={objective['alpha']:g})"
+    return label
+
+
 def table_fractions(results: dict) -> str:
-    """Best validation accuracy of each student at each unlabeled fraction and method (002 Fig. 4 as numbers)."""
-    columns = sorted({(r["method"], r["fraction"]) for st in results["students"].values() for r in st["runs"]},
-                     key=lambda mf: (mf[0] != "baseline", mf[0], mf[1]))
-    headers = ["student"] + [f"{m} {int(100 * f)}%" for m, f in columns]
+    """Every student run: best validation accuracy and AUC (over epochs, learning rates and runs; 002 Fig. 4 as
+    numbers) and the AUC of the chosen epoch's model on each test set (point estimates)."""
+    tests = results["data"]["test_sets"]
+    headers = ["student", "run", "images per epoch", "best val accuracy", "best val AUC",
+               *[f"{t} AUC" for t in tests], "learning rate", "epoch"]
     rows = []
     for name, st in results["students"].items():
-        best = {}
         for r in st["runs"]:
-            key = (r["method"], r["fraction"])
-            best[key] = max(best.get(key, 0.0), r["best_val_accuracy"])
-        rows.append([name] + [f"{100 * best[c]:.2f}" if c in best else "-" for c in columns])
+            rows.append([name, _run_label(r), r.get("examples_per_epoch", "-"), _pct(r.get("best_val_accuracy")),
+                         _num(r.get("best_val_auc")), *[_num(r.get("test_auc", {}).get(t)) for t in tests],
+                         f"{r.get('learning_rate', 0):g}", r.get("best_epoch", "-")])
     return markdown_table(headers, rows)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+def _num(value) -> str:
+    return "-" if value is None or value != value else f"{value:.3f}"
 
 
 def table_latency(results: dict) -> str:
@@ -78,37 +94,76 @@ def table_latency(results: dict) -> str:
     return markdown_table(headers, rows)
 
 
+def _estimate(evals: dict, set_name: str, metric: str) -> float | None:
+    value = evals.get(set_name, {}).get(metric)
+    if isinstance(value, dict):
+        value = value.get("estimate")
+    return None if value is None or value != value else float(value)
+
+
 def recommend(results: dict) -> str:
-    """A plain recommendation: the student with the highest test AUC (validation if no test set) among those
-    faster than the teacher, with its speed-up, and how far it is from the teacher."""
+    """A plain recommendation: the student whose deployed model (student-teacher if trained, else baseline) has
+    the highest AUC on the first test set (validation when there is none), ties broken by speed; with its
+    speed-up over the teacher, its sensitivity and specificity, and whether the student-teacher framework helped
+    it."""
     sets = results["data"]["test_sets"] or ["validation"]
     key_set = sets[0]
     runtime = results.get("latency", {}).get("primary_runtime")
-    teacher_auc = results["teacher"]["eval"][key_set]["auc"]["estimate"]
+    teacher_auc = _estimate(results["teacher"]["eval"], key_set, "auc")
     candidates = []
     for name, st in results["students"].items():
         best = st.get("student_teacher") or st["baseline"]
-        auc = best["eval"][key_set]["auc"]["estimate"]
+        auc = _estimate(best["eval"], key_set, "auc")
         speed = None
         if runtime:
             speed = results["latency"]["models"].get(name, {}).get("speedup", {}).get(runtime)
-        candidates.append((auc, speed, name, best))
+        candidates.append((auc if auc is not None else -1.0, speed or 0.0, name, best, st))
     if not candidates:
         return "No student was trained."
-    auc, speed, name, best = max(candidates, key=lambda c: (c[0], c[1] or 0))
+    auc, speed, name, best, st = max(candidates, key=lambda c: (round(c[0], 3), c[1]))
     how = "labeled images only" if best.get("method", "baseline") == "baseline" else (
-        f"the student-teacher framework ({best['method']} labels, {int(100 * best['fraction'])}% of the unlabeled "
-        "pool)")
-    text = (f"Deploy **{name}**, trained with {how}: AUC {auc:.3f} on `{key_set}` against the teacher's "
-            f"{teacher_auc:.3f}")
+        f"the student-teacher framework ({best['method']} targets, {int(round(100 * best['fraction']))}% of the "
+        "unlabeled pool)")
+    sens = _estimate(best["eval"], key_set, "sensitivity")
+    spec = _estimate(best["eval"], key_set, "specificity")
+    text = f"Deploy **{name}**, trained with {how}: AUC {auc:.3f} on `{key_set}`"
+    if teacher_auc is not None:
+        text += f" (teacher {teacher_auc:.3f})"
+    if sens is not None and spec is not None:
+        text += (f", sensitivity {100 * sens:.1f}% and specificity {100 * spec:.1f}% at probability >= "
+                 f"{results['config']['threshold']}")
     if speed:
-        text += f", and {speed:.1f}x faster than the teacher per volume in {runtime}"
+        text += f", {speed:.1f}x faster than the teacher per volume in {runtime}"
     text += "."
-    gap = teacher_auc - auc
-    if gap > 0.02:
-        text += (f" It still trails the teacher by {gap:.3f} AUC: more unlabeled images or a larger student may "
-                 "close the gap; check its sensitivity at the operating point before clinical use.")
+    baseline_auc = _estimate(st["baseline"]["eval"], key_set, "auc")
+    if best is not st["baseline"] and baseline_auc is not None:
+        change = auc - baseline_auc
+        text += (f" The unlabeled images {'raised' if change > 0 else 'did not raise'} its AUC "
+                 f"({baseline_auc:.3f} with the labeled images alone, {change:+.3f}).")
+    if teacher_auc is not None and teacher_auc - auc > 0.02:
+        text += (f" It trails the teacher by {teacher_auc - auc:.3f} AUC: more unlabeled images, more epochs or a "
+                 "larger student may close the gap.")
+    text += (" Check the sensitivity at the operating point on data from the deployment site before clinical "
+             "use.")
     return text
+
+
+def _roc_data(results: dict, out_dir: Path) -> dict:
+    """``name -> (labels, scores)`` on the first test set from the saved predictions."""
+    sets = results["data"]["test_sets"] or ["validation"]
+    folder = Path(out_dir) / "predictions"
+    curves = {}
+    labels = [(results["teacher"]["name"], f"{results['teacher']['name']} (teacher)")]
+    for name, st in results["students"].items():
+        labels.append((f"{name}__baseline", name))
+        if st.get("student_teacher"):
+            labels.append((f"{name}__student_teacher", f"{name}+ST"))
+    for stem, label in labels:
+        path = folder / f"{stem}__{sets[0]}.npz"
+        if path.is_file():
+            with np.load(path) as saved:
+                curves[label] = (saved["labels"], saved["scores"])
+    return curves
 
 
 def write_plots(results: dict, out_dir: Path, roc_data: dict | None = None) -> list[Path]:
@@ -122,7 +177,7 @@ def write_plots(results: dict, out_dir: Path, roc_data: dict | None = None) -> l
         t_lat = lat["models"].get(results["teacher"]["name"], {}).get("seconds_per_volume", {}).get(runtime)
         if t_lat is not None:
             val = results["teacher"]["eval"]["validation"]["accuracy"]
-            points.append({"name": results["teacher"]["name"], "family": TEACHER_FAMILY,
+            points.append({"name": results["teacher"]["name"], "family": f"teacher ({results['teacher']['name']})",
                            "seconds_per_volume": t_lat, "accuracy": val["estimate"],
                            "low": val.get("low"), "high": val.get("high"), "marker": "s"})
         for name, st in results["students"].items():
@@ -142,14 +197,47 @@ def write_plots(results: dict, out_dir: Path, roc_data: dict | None = None) -> l
     for name, st in results["students"].items():
         pts = {}
         for r in st["runs"]:
-            if r["method"] in ("baseline", "pseudo"):
+            if r["method"] in ("baseline", "pseudo") and r.get("best_val_accuracy") is not None:
                 pts[r["fraction"]] = max(pts.get(r["fraction"], 0.0), r["best_val_accuracy"])
         curves[name] = [{"fraction": f, "accuracy": a} for f, a in sorted(pts.items())]
     written.append(plot_accuracy_vs_fraction(curves, out_dir / "accuracy_vs_unlabeled_fraction.png"))
+    roc_data = roc_data if roc_data is not None else _roc_data(results, out_dir)
     if roc_data:
-        written.append(plot_roc_curves(roc_data, out_dir / "roc.png", "ROC on " + next(iter(_sets(results)[1:]),
-                                                                                       "validation")))
+        first = (results["data"]["test_sets"] or ["validation"])[0]
+        written.append(plot_roc_curves(roc_data, out_dir / "roc.png", f"ROC on {first}"))
     return written
+
+
+def table_pseudo_labels(results: dict) -> str:
+    p = results.get("pseudo_labels", {})
+    rows = [["unlabeled images", p.get("pool_size", "-")],
+            ["pseudo-labels per class", ", ".join(f"{k}: {v}" for k, v in p.get("pseudo_label_counts", {}).items())],
+            ["mean teacher confidence", _num(p.get("mean_confidence"))],
+            ["teacher accuracy on its labeled training images", _pct(p.get("teacher_accuracy_on_labeled"))]]
+    truth = p.get("truth_check")
+    if truth:
+        rows += [["agreement with the pool's true labels (analysis only)",
+                  f"{_pct(truth['pseudo_label_accuracy'])}% of {truth['examples']}"],
+                 ["pseudo-label sensitivity / specificity",
+                  f"{_pct(truth.get('pseudo_label_sensitivity'))}% / {_pct(truth.get('pseudo_label_specificity'))}%"]]
+    return markdown_table(["", ""], rows)
+
+
+def table_export(results: dict) -> str:
+    rows = []
+    for name, st in results["students"].items():
+        export = st.get("export") or {}
+        for f in export.get("files", []):
+            parity = f.get("parity") or {}
+            rows.append([name, Path(f["path"]).name, f.get("variant") or "-",
+                         "-" if parity.get("max_relative_diff") is None else f"{parity['max_relative_diff']:.1e}",
+                         _pct(parity.get("decision_agreement")), "yes" if parity.get("passed") else "NO"])
+        if export.get("error"):
+            rows.append([name, "(export error)", "-", "-", "-", export["error"][:120]])
+    if not rows:
+        return "(no exported files)"
+    return markdown_table(["student", "file", "variant", "max relative diff", "decision agreement (%)",
+                           "parity passed"], rows)
 
 
 def write_report(results: dict, out_dir: Path, roc_data: dict | None = None) -> Path:
@@ -158,26 +246,69 @@ def write_report(results: dict, out_dir: Path, roc_data: dict | None = None) -> 
     plots = write_plots(results, out_dir, roc_data)
     cfg = results["config"]
     d = results["data"]
+    lat = results.get("latency", {})
     lines = [
-        "# OCT student-teacher study",
+        "# OCT student-teacher study (002)",
         "",
-        f"Data: `{d['source']}`; {d['labeled_train']} labeled training images, {d['validation']} validation, "
-        f"{d['unlabeled']} unlabeled; test sets: "
-        + (", ".join(f"`{k}` ({v})" for k, v in d["test_sizes"].items()) or "none") + ".",
+        f"Data: {d['source']}; {d['labeled_train']} labeled training images ({d['train_patients']} patients), "
+        f"{d['validation']} validation ({d['validation_patients']} patients), {d['unlabeled']} unlabeled; test "
+        "sets: " + (", ".join(f"`{k}` ({v})" for k, v in d["test_sizes"].items()) or "none") + ".",
         f"Preset `{cfg['preset']}`, image size {cfg['image_size']}, seed {cfg['seed']}, teacher "
-        f"`{results['teacher']['name']}` (weights: {cfg['teacher_weights']}).",
+        f"`{results['teacher']['name']}` (weights: {cfg['teacher_weights']}), students "
+        + ", ".join(f"`{s}`" for s in results["students"]) + f"; best epoch chosen by validation {cfg['monitor']}.",
     ]
     if d.get("skipped_files"):
         lines.append(f"Skipped {len(d['skipped_files'])} unreadable files (listed in results.json).")
     lines += ["", "## Recommendation", "", recommend(results), "",
               "## Sensitivity and specificity (95% clustered-bootstrap CIs)", "",
-              f"Operating point: positive-class probability >= {cfg['threshold']}. Clusters: "
-              f"{d.get('cluster_unit', 'patient')}.", "", table_sensitivity_specificity(results), "",
-              "## Best validation accuracy by unlabeled fraction", "", table_fractions(results), "",
+              f"Operating point: abnormal probability >= {cfg['threshold']}. Clusters: {d.get('cluster_unit')}; "
+              f"{cfg['n_boot']} bootstrap replicates. `+ST`: the student's best student-teacher run by validation "
+              f"{cfg['monitor']}.", "", table_sensitivity_specificity(results), "",
+              "## Every student run", "", table_fractions(results), "",
+              "## Pseudo-labels", "", table_pseudo_labels(results), "",
               "## Per-volume inference", "",
-              f"{results.get('latency', {}).get('images_per_volume', '-')} images per volume.", "",
-              table_latency(results), "", "## Figures", ""]
+              f"{lat.get('images_per_volume', '-')} images per volume, batch {lat.get('batch_size', '-')}, "
+              f"{lat.get('threads', '-')} threads, median of {lat.get('repeats', '-')} volumes; load average before: "
+              f"{(lat.get('conditions') or {}).get('load_average_1_5_15')}.", "",
+              table_latency(results), "", "## Exported files", "", table_export(results), "",
+              "## Time", "", ", ".join(f"{k} {v:.0f} s" for k, v in results.get("timing_seconds", {}).items()), "",
+              "## Figures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def summary_lines(results: dict) -> list[str]:
+    """One screen: each model's AUC and sensitivity/specificity on the first test set, per-volume time and
+    speed-up, the recommendation and where the outputs are."""
+    sets = results["data"]["test_sets"] or ["validation"]
+    key_set = sets[0]
+    lat = results.get("latency", {})
+    runtime = lat.get("primary_runtime")
+
+    def timing(name):
+        m = lat.get("models", {}).get(name, {})
+        t = m.get("seconds_per_volume", {}).get(runtime)
+        s = m.get("speedup", {}).get(runtime)
+        return "-" if t is None else f"{t:.3f}s" + (f" ({s:.1f}x)" if s and s != 1.0 else "")
+
+    def row(label, evals, name):
+        auc = _estimate(evals, key_set, "auc")
+        sens = _estimate(evals, key_set, "sensitivity")
+        spec = _estimate(evals, key_set, "specificity")
+        val = _estimate(evals, "validation", "auc")
+        return (f"{label:<34} {_num(val):>8} {_num(auc):>8} {_pct(sens):>7} {_pct(spec):>7}  {timing(name)}")
+
+    lines = [f"{'model':<34} {'val AUC':>8} {'test AUC':>8} {'sens%':>7} {'spec%':>7}  s/volume ({runtime}, "
+             "speed-up)", "-" * 96]
+    teacher = results["teacher"]["name"]
+    lines.append(row(f"{teacher} (teacher)", results["teacher"]["eval"], teacher))
+    for name, st in results["students"].items():
+        lines.append(row(f"{name}", st["baseline"]["eval"], name))
+        if st.get("student_teacher"):
+            best = st["student_teacher"]
+            lines.append(row(f"{name}+ST ({best['method']} {int(round(100 * best['fraction']))}%)",
+                             best["eval"], name))
+    lines += ["", f"test set: {key_set}", "", recommend(results).replace("**", "")]
+    return lines

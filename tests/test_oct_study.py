@@ -1,0 +1,203 @@
+"""The OCT student-teacher study end to end at the smoke size (32 px synthetic OCT, one tiny student, a few
+steps): every output written, results.json complete and finite, --resume skipping finished stages, one-line
+errors (offline ImageNet weights, bad data, bad options), --labeled-fraction moving whole patients.
+
+The full runs go in subprocesses: the study turns on deterministic ops for its process, which must not leak into
+the rest of the test session."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "experiments" / "oct_student_teacher.py"
+
+
+def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(SCRIPT), "--no-progress", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+def load_cli():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("oct_student_teacher_cli", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("oct_smoke")
+    done = run_script("--preset", "smoke", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def test_every_output_is_written(smoke_run):
+    out, done = smoke_run
+    for name in ("results.json", "report.md", "time_vs_accuracy.png", "accuracy_vs_unlabeled_fraction.png",
+                 "roc.png", "models/mobilenet_wd4.keras", "models/teacher/mobilenet_wd2.keras",
+                 "export/mobilenet_wd4_fp32.tflite", "export/mobilenet_wd4.onnx"):
+        assert (out / name).is_file(), name
+    assert list((out / "export").glob("*.json")), "export sidecars"
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*")), "TensorBoard event files"
+    assert list((out / "models" / "mobilenet_wd4").glob("*.keras")), "one .keras per student run"
+    # The one-screen summary and the recommendation.
+    assert "test AUC" in done.stdout and "Deploy" in done.stdout and "report.md" in done.stdout
+    report = (out / "report.md").read_text()
+    for heading in ("## Recommendation", "## Sensitivity and specificity", "## Per-volume inference",
+                    "## Every student run", "## Pseudo-labels", "## Exported files"):
+        assert heading in report
+
+
+def test_results_json_structure_and_numbers(smoke_run):
+    out, _ = smoke_run
+    results = json.loads((out / "results.json").read_text())
+    assert results["seed"] == 0 and results["config"]["preset"] == "smoke"
+    assert "tensorflow" in " ".join(results["environment"]["packages"]) or results["environment"]["packages"]
+    data = results["data"]
+    assert data["labeled_train"] > 0 and data["unlabeled"] > 0 and data["test_sets"] == ["synthetic_test"]
+    assert data["cluster_unit"] == "volume" and data["skipped_files"] == []
+    sets = ["validation", "synthetic_test"]
+    teacher = results["teacher"]
+    assert teacher["name"] == "mobilenet_wd2" and teacher["params"] > 0
+    for set_name in sets:
+        ev = teacher["eval"][set_name]
+        assert ev["n"] == (data["validation"] if set_name == "validation" else data["test_sizes"][set_name])
+        for metric in ("sensitivity", "specificity", "accuracy"):
+            assert _finite(ev[metric]["estimate"]) and 0 <= ev[metric]["estimate"] <= 1
+    student = results["students"]["mobilenet_wd4"]
+    assert [r["key"] for r in student["runs"]] == ["baseline_0", "pseudo_100"]
+    assert student["student_teacher"]["key"] == "pseudo_100"
+    for kind in ("baseline", "student_teacher"):
+        test = student[kind]["eval"]["synthetic_test"]
+        assert test["n"] == data["test_sizes"]["synthetic_test"]
+        assert _finite(test["sensitivity"]["estimate"]) and _finite(test["specificity"]["estimate"])
+        assert test["auc"]["low"] <= test["auc"]["estimate"] <= test["auc"]["high"]
+        assert sum(map(sum, test["confusion_matrix"])) == test["n"]
+    for run in student["runs"]:
+        assert _finite(run["best_val_accuracy"]) and set(run["test_auc"]) == {"synthetic_test"}
+    pseudo = results["pseudo_labels"]
+    assert pseudo["pool_size"] == data["unlabeled"]
+    assert sum(pseudo["pseudo_label_counts"].values()) == pseudo["pool_size"]
+    assert 0 <= pseudo["truth_check"]["pseudo_label_accuracy"] <= 1
+    latency = results["latency"]
+    assert latency["primary_runtime"] == "litert" and latency["teacher"] == "mobilenet_wd2"
+    for name in ("mobilenet_wd2", "mobilenet_wd4"):
+        assert latency["models"][name]["seconds_per_volume"]["litert"] > 0
+    assert _finite(latency["models"]["mobilenet_wd4"]["speedup"]["litert"])
+    files = results["students"]["mobilenet_wd4"]["export"]["files"]
+    assert {f["variant"] for f in files} == {"fp32"} and all(f["parity"]["passed"] for f in files)
+    assert results["resumed_stages"] == []
+
+
+def test_resume_skips_finished_stages(smoke_run):
+    out, _ = smoke_run
+    before = (out / "results.json").read_text()
+    done = run_script("--preset", "smoke", "--out", str(out), "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert {"teacher", "pseudo_labels", "student-mobilenet_wd4-baseline_0", "student-mobilenet_wd4-pseudo_100",
+            "evaluation", "export", "latency"} <= set(results["resumed_stages"])
+    assert "resumed: skipped finished stages" in done.stdout
+    # Same numbers: nothing was retrained.
+    assert json.loads(before)["students"] == results["students"]
+    # A different configuration in the same folder is refused with one line.
+    refused = run_script("--preset", "smoke", "--out", str(out), "--resume", "--seed", "3")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: --resume:")
+    assert "Traceback" not in refused.stderr
+
+
+def test_offline_imagenet_is_one_line(tmp_path, monkeypatch, capsys):
+    import keras
+
+    def no_network(*args, **kwargs):
+        raise OSError("[Errno -2] Name or service not known")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))  # no cached weights file
+    monkeypatch.setattr(keras.utils, "get_file", no_network)
+    cli = load_cli()
+    code = cli.main(["--preset", "smoke", "--teacher", "resnet50", "--teacher-weights", "imagenet", "--out",
+                     str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: --teacher-weights imagenet")
+    assert "--teacher-weights none" in err[0] and "local weights file" in err[0]
+
+
+def test_bad_data_and_options_are_one_line(tmp_path, capsys):
+    cli = load_cli()
+    missing = cli.main(["--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o1"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert missing == 2 and len(err) == 1 and "nope" in err[0]
+    folders = tmp_path / "data"
+    import cv2
+
+    for name in ("CAT", "DOG"):
+        (folders / name).mkdir(parents=True)
+        cv2.imwrite(str(folders / name / f"{name}-1-1.png"), np.zeros((40, 40), np.uint8))
+    no_normal = cli.main(["--data-dir", str(folders), "--out", str(tmp_path / "o2"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert no_normal == 2 and len(err) == 1 and "--normal-class" in err[0]
+    bad_fraction = cli.main(["--labeled-fraction", "1.5", "--out", str(tmp_path / "o3")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert bad_fraction == 2 and err == ["error: --labeled-fraction must be in (0, 1], got 1.5"]
+
+
+def test_labeled_fraction_moves_whole_patients(smoke_run):
+    from kd_keras.data.synthetic_oct import SyntheticOCTConfig, generate_synthetic_oct
+    from kd_keras.studies.oct_student_teacher import OCTStudyConfig, prepare_data
+
+    smoke = OCTStudyConfig.from_preset("smoke")
+    root = generate_synthetic_oct(config=SyntheticOCTConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                                               for k, v in smoke.synthetic.items()}))
+    full = prepare_data(OCTStudyConfig.from_preset("smoke", data_dir=str(root / "labeled"),
+                                                   test_dirs=(str(root / "test"),),
+                                                   unlabeled_dirs=(str(root / "unlabeled"),)), say=lambda _: None)
+    half = prepare_data(OCTStudyConfig.from_preset("smoke", data_dir=str(root / "labeled"), labeled_fraction=0.5,
+                                                   test_dirs=(str(root / "test"),),
+                                                   unlabeled_dirs=(str(root / "unlabeled"),)), say=lambda _: None)
+    kept = set(half.train.patients.tolist())
+    moved = set(full.train.patients.tolist()) - kept
+    assert kept and moved and kept < set(full.train.patients.tolist())
+    # The moved patients' images are in the pool, unlabeled, with their true labels kept aside for scoring only.
+    extra = len(half.pool) - len(full.pool)
+    assert extra == len(full.train) - len(half.train)
+    assert set(half.pool.patients[-extra:].tolist()) == moved and not half.pool.labeled.any()
+    assert (half.pool_truth[-extra:] >= 0).all()
+    assert set(half.validation.patients.tolist()) == set(full.validation.patients.tolist())
+    assert half.cluster_unit == "patient" and list(half.tests) == ["test"]
+
+
+def test_presets_follow_the_paper():
+    from kd_keras.studies.oct_student_teacher import OCTStudyConfig, StudyError
+
+    paper = OCTStudyConfig.from_preset("paper")
+    assert (paper.image_size, paper.teacher, paper.teacher_optimizer, paper.teacher_batch_size) == (
+        224, "resnet50", "sgd", 64)
+    assert (paper.student_optimizer, paper.student_batch_size, paper.student_epochs) == ("adam", 64, 20)
+    assert paper.student_learning_rates == (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+    assert paper.fractions == (0.0, 0.25, 0.5, 0.75, 1.0) and paper.images_per_volume == 128
+    assert paper.monitor == "accuracy"
+    # The baseline is always there; fractions are sorted and deduplicated.
+    assert OCTStudyConfig.from_preset("quick", fractions=(1.0, 0.5, 0.5)).fractions == (0.0, 0.5, 1.0)
+    # Another teacher drops the preset teacher's builder options.
+    assert OCTStudyConfig.from_preset("quick", teacher="resnet50").teacher_options == {}
+    with pytest.raises(StudyError, match="method"):
+        OCTStudyConfig.from_preset("quick", method="magic")
