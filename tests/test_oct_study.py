@@ -201,3 +201,19 @@ def test_presets_follow_the_paper():
     assert OCTStudyConfig.from_preset("quick", teacher="resnet50").teacher_options == {}
     with pytest.raises(StudyError, match="method"):
         OCTStudyConfig.from_preset("quick", method="magic")
+
+
+def test_export_table_reports_each_file_and_why_one_failed():
+    from kd_keras.studies.oct_report import table_export
+
+    passed = {"max_relative_diff": 3e-6, "decision_agreement": 1.0, "passed": True, "failures": []}
+    failed = {"max_relative_diff": 0.2, "decision_agreement": 0.83, "passed": False,
+              "failures": ["decision agreement 83.33% < 99.00% on 96 images"]}
+    results = {"students": {"mobilenet_wd2": {"export": {
+        "error": "export fails parity with Keras: ...",
+        "files": [{"path": "/x/mobilenet_wd2_fp32.tflite", "variant": "fp32", "parity": passed},
+                  {"path": "/x/mobilenet_wd2_int8.tflite.failed", "variant": "int8", "parity": failed}]}}}}
+    rows = [line for line in table_export(results).splitlines() if line.startswith("| mobilenet_wd2")]
+    assert len(rows) == 2  # one row per file, no separate error row when the files carry their reports
+    assert rows[0].endswith("| yes |") and "3.0e-06" in rows[0]
+    assert "NO: decision agreement 83.33% < 99.00%" in rows[1] and "83.33" in rows[1]

@@ -97,7 +97,8 @@ def _decision(num_classes: int, class_names: Sequence[str], threshold: float | N
     return {"rule": "argmax(logits)", "threshold": None, "positive_class": None}
 
 
-def _variant_file(output_dir: Path, stem: str, variant: str) -> tuple[Path, str, str]:
+def variant_file(output_dir: Path, stem: str, variant: str) -> tuple[Path, str, str]:
+    """``(path, format, precision)`` of the file :func:`export_model` writes for ``variant``."""
     if variant == "onnx":
         return output_dir / f"{stem}.onnx", "onnx", "fp32"
     precision = variant.removeprefix("tflite_")
@@ -197,7 +198,7 @@ def export_model(
     with tempfile.TemporaryDirectory() as scratch:
         converter = None
         for variant in variants:
-            path, fmt, precision = _variant_file(output_dir, stem, variant)
+            path, fmt, precision = variant_file(output_dir, stem, variant)
             if fmt == "tflite":
                 if converter is None:  # trace and load the Keras model once for every TFLite variant
                     converter = saved_model_converter(write_saved_model(model, Path(scratch) / "saved_model"))

@@ -229,11 +229,12 @@ def table_export(results: dict) -> str:
         export = st.get("export") or {}
         for f in export.get("files", []):
             parity = f.get("parity") or {}
+            verdict = "yes" if parity.get("passed") else "NO: " + "; ".join(parity.get("failures") or ["no report"])
             rows.append([name, Path(f["path"]).name, f.get("variant") or "-",
                          "-" if parity.get("max_relative_diff") is None else f"{parity['max_relative_diff']:.1e}",
-                         _pct(parity.get("decision_agreement")), "yes" if parity.get("passed") else "NO"])
-        if export.get("error"):
-            rows.append([name, "(export error)", "-", "-", "-", export["error"][:120]])
+                         _pct(parity.get("decision_agreement")), verdict])
+        if export.get("error") and not any(f.get("parity") for f in export.get("files", [])):
+            rows.append([name, "(export error)", "-", "-", "-", export["error"]])
     if not rows:
         return "(no exported files)"
     return markdown_table(["student", "file", "variant", "max relative diff", "decision agreement (%)",

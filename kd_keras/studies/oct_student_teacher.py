@@ -861,6 +861,7 @@ class _Study:
 
     def export_stage(self, students: dict[str, dict]) -> dict[str, Any]:
         from kd_keras.export import export_model
+        from kd_keras.export.exporter import variant_file
         from kd_keras.export.parity import ExportParityError
 
         done = self.stages.get("export")
@@ -893,9 +894,12 @@ class _Study:
             except ExportParityError as error:  # some variant missed its gate: recorded, the others kept
                 entry["error"] = str(error)
                 reports = []
-                for path in sorted(export_dir.glob(f"{name}*")):
-                    if path.suffix in (".tflite", ".onnx", ".failed"):
-                        reports.append((path, None, None, None))
+                # Every variant was tried, in order; a file that missed its gate was renamed <file>.failed.
+                for variant, parity in zip(config.export_variants, error.reports, strict=True):
+                    path, fmt, precision = variant_file(export_dir, name, variant)
+                    if not path.exists():
+                        path = path.with_name(path.name + ".failed")
+                    reports.append((path, precision, fmt, parity))
             for path, variant, fmt, parity in reports:
                 item = {"path": str(path), "variant": variant, "format": fmt}
                 if parity is not None:
