@@ -58,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--method", choices=("pseudo", "soft", "both"), default=None,
                    help="pseudo-labels (002 section 2.4), soft targets (2.5) or both (default pseudo)")
     p.add_argument("--preset", choices=("quick", "paper", "smoke"), default="quick",
-                   help="quick: about 10 minutes on 2 CPU cores (default); paper: the study's protocol; "
+                   help="quick: within 15 minutes on 2 CPU cores (default); paper: the study's protocol; "
                         "smoke: CI sizes")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="student epochs (the teacher's scale with them)")
