@@ -92,6 +92,13 @@ def test_results_json_structure_and_numbers(smoke_run):
         assert sum(map(sum, test["confusion_matrix"])) == test["n"]
     for run in student["runs"]:
         assert _finite(run["best_val_accuracy"]) and set(run["test_auc"]) == {"synthetic_test"}
+    # The deployed (exported) model is whichever of baseline and student-teacher validated better.
+    monitor = results["config"]["monitor"]
+    by_key = {run["key"]: run for run in student["runs"]}
+    baseline_score = by_key["baseline_0"][f"chosen_val_{monitor}"]
+    transfer_score = by_key["pseudo_100"][f"chosen_val_{monitor}"]
+    assert student["deployed"] == ("student_teacher" if transfer_score > baseline_score else "baseline")
+    assert student["export"]["from_run"] == ("pseudo_100" if transfer_score > baseline_score else "baseline_0")
     pseudo = results["pseudo_labels"]
     assert pseudo["pool_size"] == data["unlabeled"]
     assert sum(pseudo["pseudo_label_counts"].values()) == pseudo["pool_size"]
@@ -217,3 +224,30 @@ def test_export_table_reports_each_file_and_why_one_failed():
     assert len(rows) == 2  # one row per file, no separate error row when the files carry their reports
     assert rows[0].endswith("| yes |") and "3.0e-06" in rows[0]
     assert "NO: decision agreement 83.33% < 99.00%" in rows[1] and "83.33" in rows[1]
+
+
+def test_recommendation_deploys_the_baseline_when_the_unlabeled_images_did_not_help():
+    from kd_keras.studies.oct_report import recommend
+
+    def evals(val_auc, test_auc):
+        return {"validation": {"auc": {"estimate": val_auc}},
+                "test": {"auc": {"estimate": test_auc}, "sensitivity": {"estimate": 0.8},
+                         "specificity": {"estimate": 0.7}}}
+
+    results = {
+        "data": {"test_sets": ["test"]}, "config": {"threshold": 0.5}, "latency": {},
+        "teacher": {"eval": evals(0.98, 0.97)},
+        "students": {
+            # b: the better test AUC but the worse validation AUC - choosing it would peek at the test set.
+            "a": {"baseline": {"eval": evals(0.93, 0.91)}, "deployed": "baseline",
+                  "student_teacher": {"method": "pseudo", "fraction": 0.5, "eval": evals(0.90, 0.92)}},
+            "b": {"baseline": {"eval": evals(0.80, 0.95)}, "deployed": "baseline"},
+        },
+    }
+    text = recommend(results)
+    assert text.startswith("Deploy **a**, trained with labeled images only: AUC 0.910 on `test`")
+    assert "validated worse than its baseline" in text and "(0.920 on `test`)" in text
+    results["students"]["a"]["deployed"] = "student_teacher"
+    text = recommend(results)
+    assert "student-teacher framework (pseudo targets, 50% of the unlabeled pool): AUC 0.920" in text
+    assert "raised its AUC (0.910 with the labeled images alone, +0.010)" in text

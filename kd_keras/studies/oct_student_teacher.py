@@ -20,7 +20,8 @@ The recipe (study "002" in ``../shared/papers/``, the student-teacher framework 
 6. **Evaluation** (2.6): teacher, baselines and each student's best student-teacher model on the validation set
    and every test set: sensitivity, specificity, AUC and accuracy with 95% clustered-bootstrap CIs (cluster:
    the OCT volume for the synthetic data, the patient otherwise).
-7. **Edge**: each student's deployed model (its best student-teacher model, else its baseline) exported to
+7. **Edge**: each student's deployed model (its best student-teacher model or its baseline, whichever has the
+   better validation score) exported to
    TFLite fp32 + int8 and ONNX with parity checked on validation images; the teacher and the students timed on
    whole volumes (128 images) in LiteRT and ONNX Runtime.
 
@@ -799,8 +800,12 @@ class _Study:
         baseline = runs[0]
         transfer = [r for r in runs if r["method"] != "baseline" and r["fraction"] > 0]
         chosen = max(transfer, key=lambda r: r["best"]["best_score"] or -1) if transfer else None
+        # Deploy whichever validates better: the unlabeled images do not always help (ties keep the baseline).
+        deployed = baseline
+        if chosen is not None and (chosen["best"]["best_score"] or -1) > (baseline["best"]["best_score"] or -1):
+            deployed = chosen
         return {"family": family, "runs": runs, "baseline_key": baseline["key"],
-                "student_teacher_key": chosen["key"] if chosen else None}
+                "student_teacher_key": chosen["key"] if chosen else None, "deployed_key": deployed["key"]}
 
     def evaluation_stage(self, teacher_path: Path, students: dict[str, dict]) -> dict[str, Any]:
         import keras
@@ -857,7 +862,7 @@ class _Study:
         return np.concatenate(images), np.concatenate(labels)
 
     def _deployed(self, name: str, info: dict) -> dict:
-        key = info["student_teacher_key"] or info["baseline_key"]
+        key = info.get("deployed_key") or info["student_teacher_key"] or info["baseline_key"]
         return next(r for r in info["runs"] if r["key"] == key)
 
     def export_stage(self, students: dict[str, dict]) -> dict[str, Any]:
@@ -969,6 +974,8 @@ class _Study:
                 entry["student_teacher"] = {"method": chosen["method"], "fraction": chosen["fraction"],
                                             "key": chosen["key"], "objective": chosen["objective"],
                                             "eval": evaluation["students"][name]["student_teacher"]}
+            deployed_key = info.get("deployed_key") or info["student_teacher_key"] or info["baseline_key"]
+            entry["deployed"] = "baseline" if deployed_key == info["baseline_key"] else "student_teacher"
             entry["export"] = exports.get(name)
             out_students[name] = entry
         return {
