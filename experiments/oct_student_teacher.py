@@ -62,6 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "smoke: CI sizes")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="student epochs (the teacher's scale with them)")
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="student steps per epoch (0: one pass over each run's training images, as in 002, so "
+                        "runs with more unlabeled images train longer; the quick preset's fixed 20 keeps every "
+                        "run equally cheap)")
     p.add_argument("--out", default="runs/oct_student_teacher")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="skip finished stages and resume a killed training")
@@ -89,6 +93,12 @@ def build_config(args: argparse.Namespace):
         ratio = config.teacher_epochs / config.student_epochs
         config.teacher_epochs = max(1, round(args.epochs * ratio))
         config.student_epochs = args.epochs
+    if args.steps_per_epoch is not None:
+        if args.steps_per_epoch < 0:
+            from kd_keras.studies.oct_student_teacher import StudyError
+
+            raise StudyError(f"--steps-per-epoch must be >= 0, got {args.steps_per_epoch}")
+        config.student_steps_per_epoch = args.steps_per_epoch or None
     return config
 
 

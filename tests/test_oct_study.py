@@ -251,3 +251,14 @@ def test_recommendation_deploys_the_baseline_when_the_unlabeled_images_did_not_h
     text = recommend(results)
     assert "student-teacher framework (pseudo targets, 50% of the unlabeled pool): AUC 0.920" in text
     assert "raised its AUC (0.910 with the labeled images alone, +0.010)" in text
+
+
+def test_steps_per_epoch_option():
+    cli = load_cli()
+    assert cli.build_config(cli.parse_args([])).student_steps_per_epoch == 20  # the quick preset's fixed budget
+    assert cli.build_config(cli.parse_args(["--steps-per-epoch", "0"])).student_steps_per_epoch is None
+    assert cli.build_config(cli.parse_args(["--steps-per-epoch", "7"])).student_steps_per_epoch == 7
+    from kd_keras.studies.oct_student_teacher import StudyError
+
+    with pytest.raises(StudyError, match="--steps-per-epoch must be >= 0"):
+        cli.build_config(cli.parse_args(["--steps-per-epoch", "-1"]))
