@@ -246,7 +246,7 @@ def test_recommendation_deploys_the_baseline_when_the_unlabeled_images_did_not_h
     }
     text = recommend(results)
     assert text.startswith("Deploy **a**, trained with labeled images only: AUC 0.910 on `test`")
-    assert "validated worse than its baseline" in text and "(0.920 on `test`)" in text
+    assert "validated no better than its baseline" in text and "(0.920 on `test`)" in text
     results["students"]["a"]["deployed"] = "student_teacher"
     text = recommend(results)
     assert "student-teacher framework (pseudo targets, 50% of the unlabeled pool): AUC 0.920" in text

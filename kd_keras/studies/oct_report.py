@@ -146,7 +146,7 @@ def recommend(results: dict) -> str:
         text += (f" The unlabeled images {'raised' if change > 0 else 'did not raise'} its AUC "
                  f"({baseline_auc:.3f} with the labeled images alone, {change:+.3f}).")
     elif transfer_auc is not None:
-        text += (f" Its best student-teacher model validated worse than its baseline, so the baseline is "
+        text += (f" Its best student-teacher model validated no better than its baseline, so the baseline is "
                  f"deployed; the unlabeled images did not help it here ({transfer_auc:.3f} on `{key_set}`).")
     if teacher_auc is not None and teacher_auc - auc > 0.02:
         text += (f" It trails the teacher by {teacher_auc - auc:.3f} AUC: more unlabeled images, more epochs or a "
