@@ -4,7 +4,7 @@ per-volume timing against the teacher.
 
 Examples::
 
-    # the embedded synthetic OCT default (no data needed; about 10 minutes on 2 CPU cores)
+    # the embedded synthetic OCT default (no data needed; about 12 minutes on 2 CPU cores)
     python experiments/oct_student_teacher.py
     # OCT2017-style data with an unlabeled pool and two hold-out test sets, the paper's protocol
     python experiments/oct_student_teacher.py --data-dir OCT2017/train --unlabeled-dir OCT_unlabeled \\
@@ -64,8 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="student epochs (the teacher's scale with them)")
     p.add_argument("--steps-per-epoch", type=int, default=None,
                    help="student steps per epoch (0: one pass over each run's training images, as in 002, so "
-                        "runs with more unlabeled images train longer; the quick preset's fixed 20 keeps every "
-                        "run equally cheap)")
+                        "runs with more unlabeled images train longer; the quick preset's fixed 100 gives every "
+                        "run the same 1,200 steps)")
     p.add_argument("--out", default="runs/oct_student_teacher")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="skip finished stages and resume a killed training")

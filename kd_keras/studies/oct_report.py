@@ -145,9 +145,17 @@ def recommend(results: dict) -> str:
         change = auc - baseline_auc
         text += (f" The unlabeled images {'raised' if change > 0 else 'did not raise'} its AUC "
                  f"({baseline_auc:.3f} with the labeled images alone, {change:+.3f}).")
-    elif transfer_auc is not None:
-        text += (f" Its best student-teacher model validated no better than its baseline, so the baseline is "
-                 f"deployed; the unlabeled images did not help it here ({transfer_auc:.3f} on `{key_set}`).")
+    elif transfer_auc is not None and baseline_auc is not None:
+        text += " Its best student-teacher model validated no better than its baseline, so the baseline is deployed"
+        if transfer_auc > baseline_auc:
+            # Say so when the test set disagrees with validation: the choice is noisy, not the method useless.
+            size = results["data"].get("validation")
+            text += (f", although it scored higher on `{key_set}` ({transfer_auc:.3f} vs {baseline_auc:.3f}): "
+                     f"{f'{size} validation images' if size else 'the validation set'} decided it; a larger "
+                     "validation set would make the choice surer.")
+        else:
+            text += (f"; the unlabeled images did not help it on `{key_set}` either ({transfer_auc:.3f} vs "
+                     f"{baseline_auc:.3f}).")
     if teacher_auc is not None and teacher_auc - auc > 0.02:
         text += (f" It trails the teacher by {teacher_auc - auc:.3f} AUC: more unlabeled images, more epochs or a "
                  "larger student may close the gap.")
