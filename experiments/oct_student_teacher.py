@@ -66,6 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="student steps per epoch (0: one pass over each run's training images, as in 002, so "
                         "runs with more unlabeled images train longer; the quick preset's fixed 100 gives every "
                         "run the same 1,200 steps)")
+    p.add_argument("--teacher-epochs", type=int, default=None,
+                   help="teacher epochs (default: the preset's, scaled with --epochs)")
+    p.add_argument("--teacher-steps-per-epoch", type=int, default=None,
+                   help="teacher steps per epoch (0: one pass over the labeled training images)")
     p.add_argument("--out", default="runs/oct_student_teacher")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="skip finished stages and resume a killed training")
@@ -99,6 +103,18 @@ def build_config(args: argparse.Namespace):
 
             raise StudyError(f"--steps-per-epoch must be >= 0, got {args.steps_per_epoch}")
         config.student_steps_per_epoch = args.steps_per_epoch or None
+    if args.teacher_epochs is not None:
+        if args.teacher_epochs < 1:
+            from kd_keras.studies.oct_student_teacher import StudyError
+
+            raise StudyError(f"--teacher-epochs must be >= 1, got {args.teacher_epochs}")
+        config.teacher_epochs = args.teacher_epochs
+    if args.teacher_steps_per_epoch is not None:
+        if args.teacher_steps_per_epoch < 0:
+            from kd_keras.studies.oct_student_teacher import StudyError
+
+            raise StudyError(f"--teacher-steps-per-epoch must be >= 0, got {args.teacher_steps_per_epoch}")
+        config.teacher_steps_per_epoch = args.teacher_steps_per_epoch or None
     return config
 
 

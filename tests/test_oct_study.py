@@ -273,3 +273,14 @@ def test_steps_per_epoch_option():
 
     with pytest.raises(StudyError, match="--steps-per-epoch must be >= 0"):
         cli.build_config(cli.parse_args(["--steps-per-epoch", "-1"]))
+    quick = cli.build_config(cli.parse_args([]))
+    assert (quick.teacher_epochs, quick.teacher_steps_per_epoch) == (10, 20)
+    scaled = cli.build_config(cli.parse_args(["--epochs", "24"]))
+    assert (scaled.student_epochs, scaled.teacher_epochs) == (24, 20)  # the preset's 10:12 ratio
+    pinned = cli.build_config(cli.parse_args(["--epochs", "20", "--teacher-epochs", "33",
+                                              "--teacher-steps-per-epoch", "0"]))
+    assert (pinned.teacher_epochs, pinned.teacher_steps_per_epoch) == (33, None)
+    with pytest.raises(StudyError, match="--teacher-epochs must be >= 1"):
+        cli.build_config(cli.parse_args(["--teacher-epochs", "0"]))
+    with pytest.raises(StudyError, match="--teacher-steps-per-epoch must be >= 0"):
+        cli.build_config(cli.parse_args(["--teacher-steps-per-epoch", "-2"]))
