@@ -33,7 +33,10 @@ from kd_keras.data.synthetic_fundus import SyntheticFundusConfig, generate_synth
 from kd_keras.studies import attention_transfer as study  # noqa: E402
 from kd_keras.studies import common  # noqa: E402
 
+# DenseNet-40 only: each DenseNet-121 student run took about 90 s on 2 cores (DenseNet-40: 45 s), so both
+# students would need about 16 minutes; --students densenet121 densenet40 runs both (docs/demos.md).
 DEMO = dict(image_size=64, teacher_weights=None, teacher_epochs=4, teacher_lr=1e-3, student_weights=None,
+            students=("densenet40",),
             betas=(1.0, 100.0), train_fractions=(0.5, 1.0), epochs=6, batch_size=16, learning_rate=1e-3,
             halve_every_epochs=4, curve_points=8, n_boot=100)
 DEMO_PATIENTS = 60

@@ -35,6 +35,7 @@ from kd_keras.data import pipeline, schema, sources, tasks
 from kd_keras.data.preprocess import PreprocessConfig
 from kd_keras.data.records import Records
 from kd_keras.engine import Distiller, get_objective
+from kd_keras.engine.training import recalibrate_batch_norm
 from kd_keras.evaluation import metrics as metric_fns
 from kd_keras.evaluation.report import environment, write_json
 from kd_keras.evaluation.summary import evaluate_predictions
@@ -162,6 +163,7 @@ def train_stage(
     optimizer: str = "adam",
     validation: Callable[[keras.Model], float] | None = None,
     curve_every: int = 0,
+    bn_batches: int = 5,
     verbose: int = 0,
 ) -> dict[str, Any]:
     """One stage of a recipe: ``student`` trained with ``objective`` (from ``teacher``) for ``epochs``.
@@ -171,6 +173,10 @@ def train_stage(
             (and every ``curve_every`` steps when > 0): the best student weights are kept at the end, as the
             studies that select "the best model over epochs" do.
         curve_every: steps between validation points of the learning curve (0: once per epoch).
+        bn_batches: training batches over which BatchNorm statistics are recomputed before every validation and
+            at the end (:func:`~kd_keras.engine.training.recalibrate_batch_norm`; 0: keep Keras' moving
+            averages, which after a few dozen steps still mostly hold their initial values, so a short stage
+            would predict one constant in inference mode).
 
     Returns:
         ``{"loss": [...per epoch], "curve": [(step, score), ...], "best_score", "best_epoch", "seconds"}``.
@@ -185,9 +191,14 @@ def train_stage(
     curve: list[tuple[int, float]] = []
     best = {"score": -np.inf, "weights": None, "epoch": -1}
 
+    def recalibrate() -> None:
+        if bn_batches:
+            recalibrate_batch_norm(student, train, max_batches=bn_batches)
+
     def check(epoch: int) -> None:
         if validation is None:
             return
+        recalibrate()
         score = float(validation(student))
         curve.append((int(opt.iterations.numpy()), score))
         if score > best["score"]:
@@ -211,7 +222,9 @@ def train_stage(
     if any(not math.isfinite(v) for v in losses):
         raise FloatingPointError(f"stage {get_objective(objective).name}: non-finite loss {losses}")
     if best["weights"] is not None:
-        student.set_weights(best["weights"])
+        student.set_weights(best["weights"])  # their statistics were recalibrated when they were scored
+    else:
+        recalibrate()
     return {
         "objective": get_objective(objective).get_config() | {"name": get_objective(objective).name},
         "epochs": epochs,
