@@ -78,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace):
-    from kd_keras.studies.oct_student_teacher import OCTStudyConfig
+    from kd_keras.studies.oct_student_teacher import OCTStudyConfig, StudyError
 
     overrides = dict(
         data_dir=args.data_dir, unlabeled_dirs=tuple(args.unlabeled_dir) or None,
@@ -88,32 +88,21 @@ def build_config(args: argparse.Namespace):
         fractions=args.fractions, method=args.method, image_size=args.image_size, seed=args.seed,
     )
     config = OCTStudyConfig.from_preset(args.preset, **overrides)
+    for option, lowest in (("epochs", 1), ("steps_per_epoch", 0), ("teacher_epochs", 1),
+                           ("teacher_steps_per_epoch", 0)):
+        value = getattr(args, option)
+        if value is not None and value < lowest:
+            raise StudyError(f"--{option.replace('_', '-')} must be >= {lowest}, got {value}")
     if args.epochs is not None:
-        if args.epochs < 1:
-            from kd_keras.studies.oct_student_teacher import StudyError
-
-            raise StudyError(f"--epochs must be >= 1, got {args.epochs}")
         # Keep the preset's teacher/student ratio: the teacher is trained once and labels everything.
         ratio = config.teacher_epochs / config.student_epochs
         config.teacher_epochs = max(1, round(args.epochs * ratio))
         config.student_epochs = args.epochs
     if args.steps_per_epoch is not None:
-        if args.steps_per_epoch < 0:
-            from kd_keras.studies.oct_student_teacher import StudyError
-
-            raise StudyError(f"--steps-per-epoch must be >= 0, got {args.steps_per_epoch}")
-        config.student_steps_per_epoch = args.steps_per_epoch or None
+        config.student_steps_per_epoch = args.steps_per_epoch or None  # 0: one pass over the run's images
     if args.teacher_epochs is not None:
-        if args.teacher_epochs < 1:
-            from kd_keras.studies.oct_student_teacher import StudyError
-
-            raise StudyError(f"--teacher-epochs must be >= 1, got {args.teacher_epochs}")
         config.teacher_epochs = args.teacher_epochs
     if args.teacher_steps_per_epoch is not None:
-        if args.teacher_steps_per_epoch < 0:
-            from kd_keras.studies.oct_student_teacher import StudyError
-
-            raise StudyError(f"--teacher-steps-per-epoch must be >= 0, got {args.teacher_steps_per_epoch}")
         config.teacher_steps_per_epoch = args.teacher_steps_per_epoch or None
     return config
 

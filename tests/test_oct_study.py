@@ -280,6 +280,8 @@ def test_steps_per_epoch_option():
     pinned = cli.build_config(cli.parse_args(["--epochs", "20", "--teacher-epochs", "33",
                                               "--teacher-steps-per-epoch", "0"]))
     assert (pinned.teacher_epochs, pinned.teacher_steps_per_epoch) == (33, None)
+    with pytest.raises(StudyError, match="--epochs must be >= 1, got 0"):
+        cli.build_config(cli.parse_args(["--epochs", "0"]))
     with pytest.raises(StudyError, match="--teacher-epochs must be >= 1"):
         cli.build_config(cli.parse_args(["--teacher-epochs", "0"]))
     with pytest.raises(StudyError, match="--teacher-steps-per-epoch must be >= 0"):
