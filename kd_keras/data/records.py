@@ -33,20 +33,12 @@ import dataclasses
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:  # the report type only; validate imports this module
-    from kd_keras.data.validate import DataReport
+from kd_keras.data.report import DataReport
 
 TASKS = ("multiclass", "binary", "multilabel", "unlabeled")
-
-
-def _new_report():
-    from kd_keras.data.validate import DataReport
-
-    return DataReport()
 
 
 @dataclass
@@ -68,7 +60,7 @@ class Records:
         root: the data root every path lies under (``None`` for an array source).
         patient_rule: how ``patients`` was obtained (a rule name of :mod:`kd_keras.data.patients`, ``"column:<name>"``
             or ``"none"``).
-        report: the :class:`kd_keras.data.validate.DataReport` collecting what was skipped, refused or noted.
+        report: the :class:`kd_keras.data.report.DataReport` collecting what was skipped, refused or noted.
     """
 
     paths: np.ndarray | None
@@ -82,7 +74,7 @@ class Records:
     array_index: np.ndarray | None = None
     root: str | None = None
     patient_rule: str = "none"
-    report: DataReport = field(default_factory=_new_report)
+    report: DataReport = field(default_factory=DataReport)
 
     def __post_init__(self):
         if self.task not in TASKS:

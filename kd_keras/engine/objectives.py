@@ -34,16 +34,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import keras
 import tensorflow as tf
 
 from kd_keras.data import schema
 from kd_keras.engine import losses
-
-if TYPE_CHECKING:  # the context is implemented by the Distiller; no runtime import (no cycle)
-    from kd_keras.engine.distiller import StepContext
+from kd_keras.engine.step_context import StepContext
 
 
 @dataclass
