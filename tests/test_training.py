@@ -16,12 +16,11 @@ from kd_keras.data import pipeline
 from kd_keras.data.preprocess import PreprocessConfig
 from kd_keras.data.records import Records
 from kd_keras.engine import Distiller
+from kd_keras.engine.pseudo_labels import PseudoLabels, pseudo_label_pool
 from kd_keras.engine.training import (
-    PseudoLabels,
     ValidationTracker,
     make_optimizer,
     predict,
-    pseudo_label_pool,
     score_logits,
     train,
     train_lr_grid,

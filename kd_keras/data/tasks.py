@@ -170,3 +170,52 @@ def apply_task(records: Records, name: str, **kwargs) -> Records:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}")
     return TASKS[name](records, **kwargs)
+
+
+def evaluation_task(num_outputs: int, multilabel: bool = False) -> str:
+    """The evaluation task of a head with ``num_outputs`` logits: ``"multilabel"``, ``"binary"`` (one sigmoid
+    logit or two softmax logits) or ``"multiclass"``: the one rule behind :class:`HeadSpec` and
+    :func:`kd_keras.engine.infer_task`.
+
+    Example:
+
+    ```python
+    evaluation_task(2)  # "binary"
+    ```
+    """
+    if multilabel:
+        return "multilabel"
+    return "binary" if num_outputs <= 2 else "multiclass"
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+    """What a model head for a records table looks like, resolved once.
+
+    Attributes:
+        size: logits of the head: one per class (two for a binary task: a softmax head) or one per label.
+        loss_task: the :mod:`kd_keras.engine.losses` task: ``"multilabel"`` (sigmoid per label) or
+            ``"multiclass"`` (softmax, binary tasks included).
+        eval_task: the :func:`kd_keras.evaluation.evaluate_predictions` task: ``"binary"``, ``"multiclass"`` or
+            ``"multilabel"``.
+
+    Example:
+
+    ```python
+    head = HeadSpec.of(records)
+    model = build_model("mobilenet_v2", (224, 224, 3), head.size)
+    objective = {"name": "hard_label", "task": head.loss_task}
+    ```
+    """
+
+    size: int
+    loss_task: str
+    eval_task: str
+
+    @classmethod
+    def of(cls, records: Records) -> HeadSpec:
+        """The head of ``records`` (from its ``task`` and ``class_names``)."""
+        multilabel = records.task == "multilabel"
+        size = len(records.class_names)
+        return cls(size=size, loss_task="multilabel" if multilabel else "multiclass",
+                   eval_task=evaluation_task(size, multilabel))
