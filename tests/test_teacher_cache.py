@@ -18,6 +18,7 @@ import tensorflow as tf
 from kd_keras.data import pipeline, schema, sources
 from kd_keras.data.preprocess import ImageReadError, PreprocessConfig, load_image
 from kd_keras.engine import teacher_cache as tc
+from kd_keras.engine.teacher_cache.build import _Teacher
 from kd_keras.engine.distiller import teacher_tap_key
 from kd_keras.models import with_taps
 
@@ -96,7 +97,7 @@ def forbid_teacher(monkeypatch):
     monkeypatch.setattr(keras.Model, "predict_on_batch", refuse)
     monkeypatch.setattr(keras.Model, "predict", refuse)
     monkeypatch.setattr(keras.models, "load_model", refuse)
-    monkeypatch.setattr(tc._Teacher, "_build", refuse)
+    monkeypatch.setattr(_Teacher, "_build", refuse)
 
 
 def test_cached_outputs_equal_direct_predict(teacher, records, reference, tmp_path, count_teacher_calls):
@@ -363,7 +364,7 @@ def test_cli_shards_merge_and_errors(teacher, pool_dir, records, tmp_path, capsy
         str(BATCH),
     ]
     assert tc.main([*common, "--shard", "0/2"]) == 0
-    assert tc.main([*common, "--merge"]) == 1
+    assert tc.main([*common, "--merge"]) == 2
     assert "parts missing: 1/2" in capsys.readouterr().err
     assert tc.main([*common, "--shard", "1/2"]) == 0
     assert tc.main([*common, "--merge"]) == 0
@@ -372,9 +373,9 @@ def test_cli_shards_merge_and_errors(teacher, pool_dir, records, tmp_path, capsy
     )
     merged = tc.TeacherCache.open(tmp_path / "cli" / expected.key.digest)
     np.testing.assert_array_equal(np.asarray(merged.logits), np.asarray(expected.logits))
-    assert tc.main([*common, "--shard", "2/2"]) == 1
+    assert tc.main([*common, "--shard", "2/2"]) == 2
     assert "0 <= i < n" in capsys.readouterr().err
-    assert tc.main([*common[:5], "64", *common[6:]]) == 1  # preprocessing not the teacher's input
+    assert tc.main([*common[:5], "64", *common[6:]]) == 2  # preprocessing not the teacher's input
     assert "teacher takes inputs of shape (32, 32, 3)" in capsys.readouterr().err
 
 
