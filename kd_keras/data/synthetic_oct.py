@@ -42,6 +42,10 @@ default (seed 0), ``python -m kd_keras.data.synthetic_oct --check`` gives test A
 B-scans and 0.96 for the same CNN and number of steps on labeled + pool with true labels (the ceiling that
 pseudo-labels approach).
 
+The code is in three modules: :mod:`~kd_keras.data.synthetic_oct_volume` (the config and the simulated eyes),
+:mod:`~kd_keras.data.synthetic_oct_render` (drawing B-scans) and this one (writing the dataset, the cache, the
+difficulty check and the command line), which re-exports the other two's public names.
+
 Example:
 
 ```python
@@ -55,47 +59,48 @@ labeled_dir, pool_dir, test_dir = root / "labeled", root / "unlabeled", root / "
 from __future__ import annotations
 
 import csv
-import dataclasses
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-GENERATOR_VERSION = 1  # bump when the images a config produces change, so caches are rebuilt
-CLASSES = ("CNV", "DME", "DRUSEN", "NORMAL")
-NORMAL = "NORMAL"
-POOL_PREFIX = "OCT"  # unlabeled file names: OCT-<patient>-<n>.png (no class in the name)
-
-# Retinal layers from the vitreous down, with their relative reflectivity (linear scale, before log compression)
-# and thickness as a fraction of the retina's thickness away from the fovea. "srf" and "sub_rpe" have zero
-# thickness in a healthy eye; lesions give them thickness.
-_LAYERS = (
-    # name, reflectivity, thickness fraction
-    ("rnfl", 0.80, 0.10),
-    ("gcl", 0.34, 0.13),
-    ("ipl", 0.52, 0.11),
-    ("inl", 0.17, 0.11),
-    ("opl", 0.50, 0.08),
-    ("onl", 0.10, 0.26),
-    ("myoid", 0.20, 0.07),
-    ("ez", 0.90, 0.035),
-    ("os", 0.22, 0.045),
-    ("srf", 0.02, 0.0),
-    ("rpe", 1.00, 0.08),
-    ("sub_rpe", 0.30, 0.0),
-    ("choroid", 0.28, None),  # thickness set per eye
-    ("sclera", 0.05, None),  # to the bottom of the image
+from kd_keras.data.synthetic_oct_render import (
+    render_bscan,
+    render_volume,
+    sample_slices,
 )
-_LAYER_INDEX = {name: k for k, (name, _, _) in enumerate(_LAYERS)}
-_INNER = ("rnfl", "gcl", "ipl", "inl", "opl")  # thin out at the foveal pit
-_VITREOUS_REFLECTIVITY = 0.003
+from kd_keras.data.synthetic_oct_volume import (
+    CLASSES,
+    GENERATOR_VERSION,
+    NORMAL,
+    POOL_PREFIX,
+    Lesion,
+    SyntheticOCTConfig,
+    Volume,
+    simulate_volume,
+)
+
+__all__ = [
+    "CLASSES",
+    "GENERATOR_VERSION",
+    "NORMAL",
+    "POOL_PREFIX",
+    "Lesion",
+    "SyntheticOCTConfig",
+    "Volume",
+    "default_cache_dir",
+    "difficulty_check",
+    "generate_synthetic_oct",
+    "main",
+    "render_bscan",
+    "render_volume",
+    "simulate_volume",
+]
 
 
 def default_cache_dir() -> Path:
@@ -108,445 +113,6 @@ def default_cache_dir() -> Path:
     ```
     """
     return Path(os.environ.get("KD_KERAS_CACHE", Path.home() / ".cache" / "kd_keras")).expanduser()
-
-
-@dataclass(frozen=True)
-class SyntheticOCTConfig:
-    """Parameters of a synthetic OCT dataset; equal configs give identical files.
-
-    Args:
-        image_size: ``(height, width)`` of the written B-scans.
-        bscans_per_volume: B-scans in a simulated volume (002: 128); lesion extents are measured in slices.
-        bscans_sampled_per_volume: how many of a volume's B-scans are written, drawn without replacement with a
-            preference for the central (foveal) slices, as a clinician picks B-scans; ``None`` writes the whole
-            volume.
-        volumes_per_patient: 1 or 2 (one volume per eye).
-        labeled_patients: patients in the labeled set.
-        unlabeled_patients: other patients, in the unlabeled pool.
-        test_patients: other patients, in the held-out test set.
-        disease_mix: probability of each eye's diagnosis, in the order of ``CLASSES`` (CNV, DME, DRUSEN, NORMAL).
-        difficulty: 0 (large, high-contrast lesions, mild speckle) .. 1 (default) .. 2 (small, faint lesions,
-            strong speckle).
-        speckle: multiplier of the speckle strength on top of ``difficulty``.
-        min_lesion_px: smallest drawn lesion cross-section height in output pixels (width at least twice this).
-        seed: seed of everything.
-        image_format: ``"png"`` (lossless) or ``"jpeg"`` (as OCT2017 ships).
-    """
-
-    image_size: tuple[int, int] = (64, 64)
-    bscans_per_volume: int = 128
-    bscans_sampled_per_volume: int | None = 16
-    volumes_per_patient: int = 1
-    labeled_patients: int = 20
-    unlabeled_patients: int = 140
-    test_patients: int = 40
-    disease_mix: tuple[float, float, float, float] = (0.25, 0.25, 0.25, 0.25)
-    difficulty: float = 1.0
-    speckle: float = 1.0
-    min_lesion_px: float = 1.5
-    seed: int = 0
-    image_format: str = "png"
-
-    def __post_init__(self):
-        if min(self.image_size) < 32:
-            raise ValueError(f"image_size must be at least 32x32 (model contract), got {self.image_size}")
-        if self.bscans_per_volume < 1:
-            raise ValueError(f"bscans_per_volume must be >= 1, got {self.bscans_per_volume}")
-        sampled = self.bscans_sampled_per_volume
-        if sampled is not None and not 1 <= sampled <= self.bscans_per_volume:
-            raise ValueError(f"bscans_sampled_per_volume must be in [1, bscans_per_volume] or None, got {sampled}")
-        if self.volumes_per_patient not in (1, 2):
-            raise ValueError(f"volumes_per_patient must be 1 or 2, got {self.volumes_per_patient}")
-        if min(self.labeled_patients, self.unlabeled_patients, self.test_patients) < 0:
-            raise ValueError("patient counts must be >= 0")
-        if len(self.disease_mix) != len(CLASSES) or min(self.disease_mix) < 0 or sum(self.disease_mix) <= 0:
-            raise ValueError(f"disease_mix must be {len(CLASSES)} non-negative weights for {CLASSES}")
-        if not 0.0 <= self.difficulty <= 3.0:
-            raise ValueError(f"difficulty must be in [0, 3], got {self.difficulty}")
-        if self.image_format not in ("png", "jpeg"):
-            raise ValueError(f"image_format must be 'png' or 'jpeg', got {self.image_format!r}")
-
-    def to_dict(self) -> dict:
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in
-                dataclasses.asdict(self).items()}
-
-    def fingerprint(self) -> str:
-        """Short hash of the config and generator version (the cache key)."""
-        payload = json.dumps({"version": GENERATOR_VERSION, **self.to_dict()}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-@dataclass
-class Lesion:
-    """A 3-D lesion of a volume (positions in slices and in normalised image coordinates)."""
-
-    kind: str  # "cyst", "exudate", "srf", "ped", "disruption", "druse"
-    slice_centre: float
-    slice_radius: float
-    u: float  # horizontal centre in [-1, 1]
-    half_width: float  # fraction of the image width
-    height: float  # fraction of the image height (for cysts, of the layer it sits in)
-    contrast: float  # 0..1
-    depth: float = 0.5  # where in its layer (cysts), 0 top .. 1 bottom
-    seed: int = 0  # texture of the lesion (mottling), independent of the B-scan's noise
-
-    def cross_section(self, slice_index: float) -> float:
-        """Scale of this lesion's cut by a slice: 0 outside, 1 through its centre (an ellipsoid)."""
-        d = (slice_index - self.slice_centre) / self.slice_radius
-        return float(np.sqrt(1.0 - d * d)) if abs(d) < 1.0 else 0.0
-
-
-@dataclass
-class Volume:
-    """An eye: anatomy shared by its B-scans, its diagnosis and its lesions."""
-
-    disease: str
-    anatomy: dict
-    lesions: list[Lesion] = field(default_factory=list)
-
-
-def _difficulty_ranges(difficulty: float) -> dict:
-    d = float(difficulty)
-    return {
-        # Lesion size multiplier and contrast ranges: the low end falls with difficulty.
-        "size": (max(0.3, 1.0 - 0.3 * d), max(0.6, 1.2 - 0.1 * d)),
-        "contrast": (max(0.25, 1.0 - 0.3 * d), 1.0),
-        "speckle_sigma": 0.2 + 0.2 * d,
-        "noise_sigma": 2.0 + 2.0 * d,
-    }
-
-
-def simulate_volume(rng: np.random.Generator, disease: str, config: SyntheticOCTConfig) -> Volume:
-    """Draws one eye's anatomy and lesions.
-
-    Example:
-
-    ```python
-    volume = simulate_volume(np.random.default_rng(0), "DME", SyntheticOCTConfig())
-    ```
-    """
-    n = config.bscans_per_volume
-    fovea_slice = (n - 1) / 2 + rng.normal(0, 0.04 * n)
-    anatomy = {
-        "bruch_depth": rng.uniform(0.52, 0.68),  # Bruch's membrane depth at the fovea (fraction of height)
-        "curvature": rng.uniform(-0.02, 0.16),  # edges rise by this much (OCT's bowl-shaped retina)
-        "tilt": rng.normal(0, 0.05),
-        "thickness": rng.uniform(0.28, 0.36),  # ILM to Bruch's, fraction of height
-        "choroid": rng.uniform(0.12, 0.22),
-        "fovea_u": rng.normal(0, 0.12),
-        "fovea_slice": fovea_slice,
-        "fovea_slice_sigma": rng.uniform(0.05, 0.09) * n,
-        "pit_width": rng.uniform(0.12, 0.2),
-        "pit_depth": rng.uniform(0.65, 0.95),
-        "nasal_sign": rng.choice((-1.0, 1.0)),  # right or left eye: RNFL thicker on the nasal side
-        "attenuation": rng.uniform(0.35, 0.7),
-        "vessels": [(rng.uniform(-0.95, 0.95), rng.uniform(0.012, 0.03), rng.uniform(0.25, 0.6))
-                    for _ in range(rng.integers(1, 5))],  # (u, half width, shadow strength)
-        # (u, depth in the choroid, half width, half height, lateral drift across slices)
-        "choroid_vessels": [(rng.uniform(-1.1, 1.1), rng.uniform(0.3, 0.9), rng.uniform(0.04, 0.12),
-                             rng.uniform(0.12, 0.3), rng.normal(0, 0.3)) for _ in range(rng.integers(6, 14))],
-        # Normal variants that resemble small lesions: a gentle RPE ripple and a faint posterior hyaloid line.
-        "rpe_ripple": (rng.uniform(0.0, 0.012), rng.uniform(6, 18), rng.uniform(0, 2 * np.pi)),
-        "hyaloid": (rng.uniform(0.02, 0.1), rng.uniform(0.008, 0.025)) if rng.random() < 0.35 else None,
-        # Scanner style (differs between devices and sessions): speckle grain size and axial blur.
-        "grain": (rng.uniform(0.35, 0.9), rng.uniform(0.5, 1.5)),
-        "axial_blur": rng.uniform(0.0, 0.7),
-    }
-    volume = Volume(disease=disease, anatomy=anatomy)
-    if disease == NORMAL:
-        return volume
-    ranges = _difficulty_ranges(config.difficulty)
-
-    def size() -> float:
-        return rng.uniform(*ranges["size"])
-
-    def contrast() -> float:
-        return rng.uniform(*ranges["contrast"])
-
-    def near_fovea(spread_slices: float, spread_u: float) -> tuple[float, float]:
-        return (fovea_slice + rng.normal(0, spread_slices * n),
-                float(np.clip(anatomy["fovea_u"] + rng.normal(0, spread_u), -0.85, 0.85)))
-
-    # Lesion.height is a fraction of the retina's thickness, half_width a fraction of the half image width.
-    lesions = volume.lesions
-    if disease == "DME":
-        for _ in range(rng.integers(2, 7)):
-            s, u = near_fovea(0.07, 0.25)
-            m = size()
-            lesions.append(Lesion("cyst", s, rng.uniform(0.08, 0.2) * n * m, u, rng.uniform(0.04, 0.09) * m,
-                                  rng.uniform(0.15, 0.4) * m, contrast(), depth=rng.uniform(0.2, 0.8)))
-        for _ in range(rng.integers(0, 4)):
-            s, u = near_fovea(0.08, 0.35)
-            lesions.append(Lesion("exudate", s, rng.uniform(0.04, 0.1) * n, u, 0.035, 0.1, contrast()))
-    elif disease == "CNV":
-        s, u = near_fovea(0.04, 0.15)
-        m = size()
-        lesions.append(Lesion("ped", s, rng.uniform(0.12, 0.25) * n * m, u, rng.uniform(0.12, 0.25) * m,
-                              rng.uniform(0.2, 0.4) * m, contrast()))
-        if rng.random() < 0.75:
-            s2, u2 = near_fovea(0.04, 0.15)
-            m = size()
-            lesions.append(Lesion("srf", s2, rng.uniform(0.1, 0.22) * n * m, u2, rng.uniform(0.12, 0.25) * m,
-                                  rng.uniform(0.12, 0.3) * m, contrast()))
-        if rng.random() < 0.6:
-            lesions.append(Lesion("disruption", s, rng.uniform(0.08, 0.18) * n, u, rng.uniform(0.08, 0.18),
-                                  0.2, contrast()))
-    elif disease == "DRUSEN":
-        for _ in range(rng.integers(3, 9)):
-            s, _ = near_fovea(0.08, 0.0)
-            m = size()
-            u = float(np.clip(anatomy["fovea_u"] + rng.normal(0, 0.35), -0.9, 0.9))
-            lesions.append(Lesion("druse", s, rng.uniform(0.08, 0.18) * n * m, u, rng.uniform(0.05, 0.1) * m,
-                                  rng.uniform(0.1, 0.22) * m, contrast()))
-    else:
-        raise ValueError(f"unknown disease {disease!r}; expected one of {CLASSES}")
-    for lesion in lesions:
-        lesion.seed = int(rng.integers(2**31))
-    return volume
-
-
-def _visible_lesions(volume: Volume, slice_index: int, image_size: tuple[int, int], min_px: float):
-    """The lesions drawn in a slice, each with its cross-section scale: those whose cut is at least ``min_px``
-    high and ``2 * min_px`` wide at the output size."""
-    height, width = image_size
-    retina_px = volume.anatomy["thickness"] * height
-    visible = []
-    for lesion in volume.lesions:
-        scale = lesion.cross_section(slice_index)
-        if scale <= 0:
-            continue
-        height_px = lesion.height * scale * retina_px
-        width_px = lesion.half_width * scale * width  # full width: half_width is in half-widths of the image
-        if height_px >= min_px and width_px >= 2 * min_px:
-            visible.append((lesion, scale))
-    return visible
-
-
-def _sigmoid(x):
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
-
-
-def _bump(u: np.ndarray, centre: float, half_width: float, power: float = 0.7) -> np.ndarray:
-    """A smooth dome of height 1 at ``centre`` falling to 0 at ``centre +- half_width``."""
-    x = np.clip(1.0 - ((u - centre) / max(half_width, 1e-6)) ** 2, 0.0, None)
-    return x**power
-
-
-def _smooth_noise(rng: np.random.Generator, shape, sigma_rows: float, sigma_cols: float) -> np.ndarray:
-    """Unit-variance Gaussian noise correlated over a few pixels (speckle grains are elongated laterally)."""
-    noise = rng.standard_normal(shape).astype(np.float32)
-    noise = cv2.GaussianBlur(noise, (0, 0), sigmaX=sigma_cols, sigmaY=sigma_rows, borderType=cv2.BORDER_REFLECT)
-    return noise / max(float(noise.std()), 1e-6)
-
-
-def render_bscan(volume: Volume, slice_index: int, rng: np.random.Generator, config: SyntheticOCTConfig):
-    """Renders one B-scan of a volume.
-
-    ``rng`` draws only the acquisition noise (speckle, gain, additive noise): rendering the same volume without
-    its lesions from the same ``rng`` state gives the same image outside the lesions.
-
-    Returns:
-        ``(image, lesions)``: uint8 array ``(height, width)`` and the list of lesion kinds drawn (empty for a
-        normal B-scan).
-
-    Example:
-
-    ```python
-    rng = np.random.default_rng(0)
-    volume = simulate_volume(rng, "CNV", SyntheticOCTConfig())
-    image, kinds = render_bscan(volume, 64, rng, SyntheticOCTConfig())
-    ```
-    """
-    height, width = config.image_size
-    anat = volume.anatomy
-    ranges = _difficulty_ranges(config.difficulty)
-    u = np.linspace(-1.0, 1.0, width, dtype=np.float32)
-    rows = np.arange(height, dtype=np.float32)[:, None] + 0.5
-
-    # Per-column layer thicknesses in pixels.
-    retina_px = anat["thickness"] * height
-    thickness_px = retina_px * (1.0 + 0.06 * np.sin(2.3 * u + anat["tilt"] * 7))
-    foveal_weight = np.exp(-0.5 * ((slice_index - anat["fovea_slice"]) / anat["fovea_slice_sigma"]) ** 2)
-    pit = anat["pit_depth"] * foveal_weight * np.exp(-0.5 * ((u - anat["fovea_u"]) / anat["pit_width"]) ** 2)
-    thick = {}
-    for name, _, fraction in _LAYERS:
-        if fraction is None:
-            continue
-        t = fraction * thickness_px
-        if name in _INNER:
-            t = t * (1.0 - pit)
-        if name == "rnfl":  # thicker towards the optic nerve (nasal side)
-            t = t * (0.6 + 0.9 * np.clip(0.5 + 0.5 * anat["nasal_sign"] * u, 0, 1))
-        if name == "onl":
-            t = t * (1.0 + 0.35 * pit)
-        thick[name] = t.astype(np.float32)
-    thick["choroid"] = np.full(width, anat["choroid"] * height, np.float32)
-    ripple_amplitude, ripple_frequency, ripple_phase = anat["rpe_ripple"]
-    ripple = ripple_amplitude * height * (0.5 + 0.5 * np.sin(ripple_frequency * u + ripple_phase + 0.05 * slice_index))
-    thick["sub_rpe"] = thick["sub_rpe"] + ripple.astype(np.float32)
-
-    drawn: list[str] = []
-    peds = []
-    srf_contrast = None
-    cysts = []
-    disruptions = []
-    exudates = []
-    # Elevations under the neural retina are partly absorbed by a thinner ONL (drusen barely move the inner
-    # retina; a large detachment lifts it): the share absorbed per lesion kind.
-    absorbed = {"druse": 0.85, "ped": 0.45, "srf": 0.35}
-    for lesion, scale in _visible_lesions(volume, slice_index, config.image_size, config.min_lesion_px):
-        drawn.append(lesion.kind)
-        if lesion.kind == "srf":
-            srf_contrast = lesion.contrast if srf_contrast is None else max(srf_contrast, lesion.contrast)
-        if lesion.kind in ("srf", "ped", "druse"):
-            power = {"srf": 0.7, "ped": 0.55, "druse": 0.9}[lesion.kind]
-            rise = lesion.height * scale * retina_px * _bump(u, lesion.u, lesion.half_width * scale, power)
-            layer = "srf" if lesion.kind == "srf" else "sub_rpe"
-            thick[layer] = thick[layer] + rise.astype(np.float32)
-            thick["onl"] = np.maximum(thick["onl"] - absorbed[lesion.kind] * rise, 0.25 * thick["onl"])
-        if lesion.kind == "ped":
-            peds.append(lesion)
-        elif lesion.kind == "cyst":
-            cysts.append((lesion, scale))
-        elif lesion.kind == "disruption":
-            disruptions.append((lesion, scale))
-        elif lesion.kind == "exudate":
-            exudates.append((lesion, scale))
-    for lesion, scale in cysts:  # the retina swells around intraretinal fluid (a smooth, wider rise)
-        layer = "inl" if lesion.depth < 0.35 else "onl"
-        spread = max(lesion.half_width * scale * 2.5, 3.0 / width)
-        swell = 0.6 * lesion.height * scale * thickness_px * np.exp(-0.5 * ((u - lesion.u) / spread) ** 2)
-        thick[layer] = thick[layer] + swell.astype(np.float32)
-
-    # Boundaries (top of each layer), stacked upward from Bruch's membrane (the bottom of sub_rpe).
-    bruch = (anat["bruch_depth"] - anat["curvature"] * (u - anat["fovea_u"] * 0.3) ** 2 + anat["tilt"] * u) * height
-    names = [name for name, _, _ in _LAYERS]
-    tops = {}
-    depth = bruch.astype(np.float32).copy()
-    for name in reversed(names[: _LAYER_INDEX["sub_rpe"] + 1]):
-        depth = depth - thick[name]
-        tops[name] = depth.copy()
-    tops["choroid"] = bruch.astype(np.float32)
-    tops["sclera"] = (bruch + thick["choroid"]).astype(np.float32)
-    ilm = tops["rnfl"]
-
-    # Reflectivity: a sum of soft steps at each boundary (anti-aliased at sub-pixel positions).
-    reflectivity = np.full((height, width), _VITREOUS_REFLECTIVITY, np.float32)
-    previous = _VITREOUS_REFLECTIVITY
-    for name, value, _ in _LAYERS:
-        if name == "srf" and srf_contrast is not None:  # fainter fluid is less dark
-            value = value + (1.0 - srf_contrast) * 0.25
-        step = _sigmoid((rows - tops[name][None, :]) / 0.35)
-        reflectivity += (value - previous) * step
-        previous = value
-
-    # Texture inside the choroid: dark vessel lumens.
-    choroid_rows = (rows - tops["choroid"][None, :]) / np.maximum(thick["choroid"][None, :], 1.0)
-    position = slice_index / max(config.bscans_per_volume - 1, 1)
-    for cu, cz, ru, rz, drift in anat["choroid_vessels"]:
-        cu = cu + drift * (position - 0.5)
-        blob = np.exp(-0.5 * (((u[None, :] - cu) / ru) ** 2 + ((choroid_rows - cz) / rz) ** 2))
-        reflectivity *= 1.0 - 0.65 * blob * (choroid_rows > 0)
-
-    # Lesions drawn as intensity changes.
-    layer_depth = rows - ilm[None, :]
-    for lesion, scale in cysts:
-        layer = "inl" if lesion.depth < 0.35 else "onl"
-        top, bottom = tops[layer], tops[names[_LAYER_INDEX[layer] + 1]]
-        col = int(np.clip((lesion.u + 1) / 2 * (width - 1), 0, width - 1))
-        centre_row = top[col] + (0.3 + 0.4 * lesion.depth) * (bottom[col] - top[col])
-        radius_rows = max(0.5 * lesion.height * scale * thickness_px[col], 0.75)
-        radius_cols = max(lesion.half_width * scale * width / 2, 1.0)
-        inside = ((rows - centre_row) / radius_rows) ** 2 + ((u[None, :] - lesion.u) * width / 2 / radius_cols) ** 2
-        mask = _sigmoid((1.0 - inside) * 6.0)
-        reflectivity = reflectivity * (1.0 - 0.97 * lesion.contrast * mask) + 0.01 * mask
-    for lesion, scale in exudates:
-        col = int(np.clip((lesion.u + 1) / 2 * (width - 1), 0, width - 1))
-        centre_row = tops["opl"][col] + 0.5 * thick["opl"][col]
-        radius = max(0.5 * lesion.height * scale * thickness_px[col], 0.8)
-        distance2 = ((rows - centre_row) / radius) ** 2 + ((u[None, :] - lesion.u) * width / 2 / radius) ** 2
-        spot = np.exp(-0.5 * distance2)
-        reflectivity = reflectivity + 1.1 * lesion.contrast * spot
-    for lesion, scale in disruptions:
-        region = _bump(u, lesion.u, lesion.half_width * scale, 0.5)[None, :]
-        outer = (rows >= tops["myoid"][None, :] - 1) & (rows < tops["rpe"][None, :] + 0.5 * thick["rpe"][None, :])
-        mottle = 0.45 + 0.9 * np.random.default_rng([lesion.seed, slice_index]).random((height, width))
-        reflectivity = np.where(outer, reflectivity * (1 - lesion.contrast * region * 0.8)
-                                + lesion.contrast * region * 0.45 * mottle, reflectivity)
-    for lesion in peds:  # fibrovascular PED: mottled, brighter than drusen material
-        sub = (rows >= tops["sub_rpe"][None, :]) & (rows < tops["choroid"][None, :])
-        mottle = 0.7 + 0.9 * np.random.default_rng([lesion.seed, slice_index]).random((height, width))
-        reflectivity = np.where(sub, reflectivity * mottle, reflectivity)
-
-    # Retinal vessels in the inner retina cast shadows downward.
-    for vessel_u, half_width, strength in anat["vessels"]:
-        vessel_u = vessel_u + 0.02 * np.sin(slice_index / 9.0)
-        column = np.exp(-0.5 * ((u - vessel_u) / half_width) ** 2)[None, :]
-        below = _sigmoid((layer_depth - 0.15 * thickness_px[None, :]) / 0.7)
-        reflectivity = reflectivity * (1.0 - strength * column * below)
-        core_row = ilm + 0.12 * thickness_px
-        core = np.exp(-0.5 * (((rows - core_row[None, :]) / 1.0) ** 2)) * column
-        reflectivity = reflectivity + 0.4 * core
-
-    if anat["hyaloid"] is not None:  # a thin faint line floating above the retina
-        gap, strength = anat["hyaloid"]
-        line_row = ilm - gap * height * (1.0 + 0.5 * np.sin(1.7 * u + 0.03 * slice_index))
-        reflectivity = reflectivity + strength * np.exp(-0.5 * ((rows - line_row[None, :]) / 0.6) ** 2)
-    if anat["axial_blur"] > 0.05:
-        reflectivity = cv2.GaussianBlur(reflectivity.astype(np.float32), (0, 0), sigmaX=0.3,
-                                        sigmaY=anat["axial_blur"], borderType=cv2.BORDER_REFLECT)
-
-    # Signal falls off with depth below the retinal surface.
-    below_ilm = np.clip(layer_depth, 0, None) / height
-    below_bruch = np.clip(rows - tops["choroid"][None, :], 0, None) / np.maximum(thick["choroid"][None, :], 1.0)
-    reflectivity = reflectivity * np.exp(-below_ilm / anat["attenuation"] - 0.9 * below_bruch)
-
-    # Speckle (multiplicative, log-normal), log compression, per-B-scan gain and additive noise.
-    speckle_sigma = ranges["speckle_sigma"] * config.speckle * rng.uniform(0.8, 1.2)
-    speckle = np.exp(speckle_sigma * _smooth_noise(rng, (height, width), *anat["grain"]) - 0.5 * speckle_sigma**2)
-    dynamic_range = rng.uniform(150.0, 500.0)
-    signal = np.log1p(dynamic_range * reflectivity * speckle) / np.log1p(dynamic_range)
-    gamma = rng.uniform(0.8, 1.25)
-    gain = rng.uniform(200.0, 290.0)
-    offset = rng.uniform(-30.0, 0.0)
-    pixels = gain * np.clip(signal, 0, None) ** gamma + offset
-    pixels = pixels + rng.normal(0.0, ranges["noise_sigma"] * rng.uniform(0.6, 1.4), (height, width))
-    image = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
-    return image, drawn
-
-
-def _sample_slices(rng: np.random.Generator, config: SyntheticOCTConfig, fovea_slice: float) -> np.ndarray:
-    n = config.bscans_per_volume
-    k = config.bscans_sampled_per_volume
-    if k is None or k >= n:
-        return np.arange(n)
-    weights = np.exp(-0.5 * ((np.arange(n) - fovea_slice) / (0.14 * n)) ** 2) + 0.02
-    return np.sort(rng.choice(n, size=k, replace=False, p=weights / weights.sum()))
-
-
-def render_volume(volume: Volume, config: SyntheticOCTConfig, rng: np.random.Generator, slices=None):
-    """Renders B-scans of a volume (all of them by default).
-
-    Returns:
-        ``(images, labels, kinds)``: uint8 ``(n, height, width)``, the class name of each B-scan and the lesion
-        kinds drawn in each.
-
-    Example:
-
-    ```python
-    config = SyntheticOCTConfig()
-    rng = np.random.default_rng(0)
-    images, labels, _ = render_volume(simulate_volume(rng, "DRUSEN", config), config, rng)  # 128 B-scans
-    ```
-    """
-    slices = range(config.bscans_per_volume) if slices is None else slices
-    images, labels, kinds = [], [], []
-    for s in slices:
-        image, drawn = render_bscan(volume, int(s), rng, config)
-        images.append(image)
-        labels.append(volume.disease if drawn else NORMAL)
-        kinds.append(drawn)
-    return np.stack(images), labels, kinds
 
 
 def _patient_ids(rng: np.random.Generator, count: int) -> list[int]:
@@ -679,7 +245,7 @@ def _generate_into(root: Path, config: SyntheticOCTConfig, progress: bool) -> di
                 rng = np.random.default_rng([config.seed, patient_index, eye])
                 disease = CLASSES[int(rng.choice(len(CLASSES), p=mix))]
                 volume = simulate_volume(rng, disease, config)
-                slices = _sample_slices(rng, config, volume.anatomy["fovea_slice"])
+                slices = sample_slices(rng, config, volume.anatomy["fovea_slice"])
                 images, labels, kinds = render_volume(volume, config, rng, slices)
                 counts[split]["by_disease"][disease] += len(images)
                 for image, label, drawn, s in zip(images, labels, kinds, slices, strict=True):
