@@ -9,8 +9,13 @@
 - :mod:`~kd_keras.engine.teacher_cache`: the teacher's outputs over a pool, computed once on disk
   (``build_teacher_cache``, ``merge_teacher_cache``, ``TeacherCache``).
 - :mod:`~kd_keras.engine.pseudo_labels`: ``pseudo_label_pool``, ``PseudoLabels`` (argmax or threshold).
+- :mod:`~kd_keras.engine.training`: ``train`` (one run: stream or callable validation, curve, resumable),
+  ``train_lr_grid``; :mod:`~kd_keras.engine.predict`: ``predict``, ``evaluate_model``, ``make_score_fn``;
+  :mod:`~kd_keras.engine.optim`: ``make_optimizer``; :mod:`~kd_keras.engine.batchnorm`:
+  ``recalibrate_batch_norm``; :mod:`~kd_keras.engine.streams`: ``train_stream``, ``fits_in_memory``.
 """
 
+from kd_keras.engine.batchnorm import recalibrate_batch_norm
 from kd_keras.engine.callbacks import (
     NonFiniteLossError,
     StopOnNaN,
@@ -28,8 +33,20 @@ from kd_keras.engine.objectives import (
     list_objectives,
     register_objective,
 )
+from kd_keras.engine.optim import make_optimizer
+from kd_keras.engine.predict import (
+    Predictions,
+    evaluate_model,
+    infer_task,
+    make_score_fn,
+    predict,
+    score_logits,
+)
 from kd_keras.engine.pseudo_labels import PseudoLabels, pseudo_label_pool
+from kd_keras.engine.streams import CACHE_LIMIT_BYTES, fits_in_memory, train_stream
 from kd_keras.engine.teacher_cache import TeacherCache, build_teacher_cache, merge_teacher_cache
+from kd_keras.engine.tracking import EpochSummaries, TrainResult, ValidationTracker
+from kd_keras.engine.training import GridResult, count_batches, train, train_lr_grid
 
 __all__ = [
     "Distiller",
@@ -53,4 +70,23 @@ __all__ = [
     "register_objective",
     "seed_everything",
     "teacher_tap_key",
+    # the training stack
+    "CACHE_LIMIT_BYTES",
+    "EpochSummaries",
+    "GridResult",
+    "Predictions",
+    "TrainResult",
+    "ValidationTracker",
+    "count_batches",
+    "evaluate_model",
+    "fits_in_memory",
+    "infer_task",
+    "make_optimizer",
+    "make_score_fn",
+    "predict",
+    "recalibrate_batch_norm",
+    "score_logits",
+    "train",
+    "train_lr_grid",
+    "train_stream",
 ]
