@@ -2,9 +2,11 @@
 and writing a run's outputs (``results.json``, ``report.md``).
 
 The recipes (:mod:`~kd_keras.studies.dr_kd_unlabeled`, :mod:`~kd_keras.studies.simclr_distill`,
-:mod:`~kd_keras.studies.attention_transfer`) are multi-stage protocols; each stage is a
-:class:`~kd_keras.engine.Distiller` compiled with one objective and trained for some epochs on one stream. The
-helpers here keep those recipes short enough to read top to bottom.
+:mod:`~kd_keras.studies.attention_transfer`) are multi-stage protocols; each stage is one
+:func:`kd_keras.engine.train` call. Training, prediction, evaluation, head resolution and streams have one
+implementation each in :mod:`kd_keras.engine` and :class:`kd_keras.data.tasks.HeadSpec`; the functions here of
+the same names (``train_stage``, ``stream``, ``predict_logits``, ``evaluate``, ``score_fn``, ``head_size``,
+``loss_task``, ``eval_task``) are thin adapters kept while the studies move to the engine API.
 
 Example:
 
@@ -20,7 +22,6 @@ metrics = common.evaluate(student, test_records, config)
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,14 +32,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kd_keras.data import pipeline, schema, sources, tasks
+from kd_keras.data import sources, tasks
 from kd_keras.data.preprocess import PreprocessConfig
 from kd_keras.data.records import Records
-from kd_keras.engine import Distiller, get_objective
-from kd_keras.engine.training import recalibrate_batch_norm
-from kd_keras.evaluation import metrics as metric_fns
+from kd_keras.data.tasks import HeadSpec
+from kd_keras.engine import NonFiniteLossError, evaluate_model, get_objective, make_score_fn, predict, train_stream
+from kd_keras.engine import train as engine_train
+from kd_keras.engine.predict import estimate as metric_estimate
+from kd_keras.evaluation.metrics import probabilities_from_logits
 from kd_keras.evaluation.report import environment, write_json
-from kd_keras.evaluation.summary import evaluate_predictions
 from kd_keras.models.weights import WeightsUnavailableError
 
 LAYOUTS = ("folders", "eyepacs", "messidor", "chexpert", "csv", "npz")
@@ -93,20 +95,18 @@ def load_labeled(
 
 
 def head_size(records: Records) -> int:
-    """Logits of the model head: one per class (2 for a binary task, softmax) or one per label."""
-    return len(records.class_names)
+    """Logits of the model head: :attr:`kd_keras.data.tasks.HeadSpec.size`."""
+    return HeadSpec.of(records).size
 
 
 def loss_task(records: Records) -> str:
-    """The :mod:`kd_keras.engine.losses` task of ``records`` (a softmax head for binary tasks)."""
-    return "multilabel" if records.task == "multilabel" else "multiclass"
+    """The :mod:`kd_keras.engine.losses` task of ``records``: :attr:`kd_keras.data.tasks.HeadSpec.loss_task`."""
+    return HeadSpec.of(records).loss_task
 
 
 def eval_task(records: Records) -> str:
-    """The :func:`~kd_keras.evaluation.summary.evaluate_predictions` task of ``records``."""
-    if records.task == "multilabel":
-        return "multilabel"
-    return "binary" if len(records.class_names) == 2 else "multiclass"
+    """The evaluation task of ``records``: :attr:`kd_keras.data.tasks.HeadSpec.eval_task`."""
+    return HeadSpec.of(records).eval_task
 
 
 def stream(
@@ -120,36 +120,14 @@ def stream(
     shuffle: bool = True,
     labels: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """A training stream of batch dicts over ``records`` (decoded images cached in memory after the first
-    epoch when the set is small; augmentation after the cache so every epoch differs).
+    """A training stream of batch dicts over ``records``: :func:`kd_keras.engine.train_stream` (decoded images
+    cached in memory when :func:`kd_keras.engine.fits_in_memory`).
 
     Args:
         labels: replaces the records' labels (pseudo-labels), same length as ``records``.
     """
-    if labels is not None:
-        records = _with_labels(records, labels)
-    small = len(records) * math.prod(config.image_size) * config.channels * 4 < 2**30
-    return pipeline.make_dataset(
-        records,
-        config,
-        batch_size,
-        shuffle=shuffle,
-        seed=seed,
-        augmenter=augmenter,
-        view2_augmenter=view2_augmenter,
-        cache=small,
-        drop_remainder=False,
-    )
-
-
-def _with_labels(records: Records, labels: np.ndarray) -> Records:
-    import dataclasses
-
-    labels = np.asarray(labels)
-    if len(labels) != len(records):
-        raise ValueError(f"{len(labels)} labels for {len(records)} records")
-    return dataclasses.replace(records, labels=labels.astype(records.labels.dtype if labels.ndim == 1 else "float32"),
-                               labeled=np.ones(len(records), bool))
+    return train_stream(records, config, batch_size, augmenter=augmenter, view2_augmenter=view2_augmenter,
+                        seed=seed, shuffle=shuffle, labels=labels)
 
 
 def train_stage(
@@ -166,94 +144,60 @@ def train_stage(
     bn_batches: int = 5,
     verbose: int = 0,
 ) -> dict[str, Any]:
-    """One stage of a recipe: ``student`` trained with ``objective`` (from ``teacher``) for ``epochs``.
+    """One stage of a recipe: a thin adapter over :func:`kd_keras.engine.train` (kept so the studies run
+    unchanged while they move to ``engine.train``; new code calls ``engine.train`` directly).
+
+    ``engine.train(student, train, epochs=epochs, validation=validation, learning_rate=learning_rate,
+    optimizer=optimizer, objective=objective, teacher=teacher, validate_every_steps=curve_every,
+    bn_batches=bn_batches, metrics=None)``: one epoch is one pass over ``train``; ``"sgd"`` is SGD with momentum
+    0.9 (:func:`kd_keras.engine.make_optimizer`).
 
     Args:
         validation: a function of the student returning a score (higher is better), called after every epoch
-            (and every ``curve_every`` steps when > 0): the best student weights are kept at the end, as the
-            studies that select "the best model over epochs" do.
+            (or every ``curve_every`` steps when > 0): the best student weights are kept at the end.
         curve_every: steps between validation points of the learning curve (0: once per epoch).
         bn_batches: training batches over which BatchNorm statistics are recomputed before every validation and
-            at the end (:func:`~kd_keras.engine.training.recalibrate_batch_norm`; 0: keep Keras' moving
-            averages, which after a few dozen steps still mostly hold their initial values, so a short stage
-            would predict one constant in inference mode).
+            at the end (:func:`~kd_keras.engine.recalibrate_batch_norm`; 0: keep Keras' moving averages).
 
     Returns:
-        ``{"loss": [...per epoch], "curve": [(step, score), ...], "best_score", "best_epoch", "seconds"}``.
+        ``{"objective", "epochs", "loss": [...per epoch], "curve": [(step, score), ...], "best_score",
+        "best_epoch" (from 0; None without validation), "seconds"}``.
+
+    Raises:
+        FloatingPointError: the loss became NaN or infinite.
     """
-    distiller = Distiller(student, teacher)
-    optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "adamw": keras.optimizers.AdamW}
-    if optimizer not in optimizers:
-        raise ValueError(f"optimizer must be one of {sorted(optimizers)}, got {optimizer!r}")
-    lr = float(learning_rate) if isinstance(learning_rate, float | int) else learning_rate
-    opt = optimizers[optimizer](learning_rate=lr)
-    distiller.compile(optimizer=opt, objective=objective)
-    curve: list[tuple[int, float]] = []
-    best = {"score": -np.inf, "weights": None, "epoch": -1}
-
-    def recalibrate() -> None:
-        if bn_batches:
-            recalibrate_batch_norm(student, train, max_batches=bn_batches)
-
-    def check(epoch: int) -> None:
-        if validation is None:
-            return
-        recalibrate()
-        score = float(validation(student))
-        curve.append((int(opt.iterations.numpy()), score))
-        if score > best["score"]:
-            best.update(score=score, weights=student.get_weights(), epoch=epoch)
-
-    class _Curve(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if curve_every and int(opt.iterations.numpy()) % curve_every == 0:
-                check(self._epoch)
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._epoch = epoch
-
-        def on_epoch_end(self, epoch, logs=None):
-            if not curve_every:
-                check(epoch)
-
-    start = time.perf_counter()
-    history = distiller.fit(train, epochs=epochs, verbose=verbose, callbacks=[_Curve()])
-    losses = [float(v) for v in history.history.get("loss", [])]
-    if any(not math.isfinite(v) for v in losses):
-        raise FloatingPointError(f"stage {get_objective(objective).name}: non-finite loss {losses}")
-    if best["weights"] is not None:
-        student.set_weights(best["weights"])  # their statistics were recalibrated when they were scored
-    else:
-        recalibrate()
+    name = get_objective(objective).name
+    try:
+        result = engine_train(student, train, epochs=epochs, validation=validation, learning_rate=learning_rate,
+                              optimizer=optimizer, objective=objective, teacher=teacher,
+                              validate_every_steps=curve_every, bn_batches=bn_batches, metrics=None,
+                              verbose=verbose)
+    except NonFiniteLossError as error:
+        raise FloatingPointError(f"stage {name}: {error}") from None
+    selected = validation is not None and result.best_epoch > 0
     return {
-        "objective": get_objective(objective).get_config() | {"name": get_objective(objective).name},
+        "objective": get_objective(objective).get_config() | {"name": name},
         "epochs": epochs,
-        "loss": losses,
-        "curve": curve,
-        "best_score": None if best["weights"] is None else best["score"],
-        "best_epoch": None if best["weights"] is None else best["epoch"],
-        "seconds": time.perf_counter() - start,
+        "loss": result.losses,
+        "curve": [(int(step), score) for step, score in result.curve],
+        "best_score": result.best_score if selected else None,
+        "best_epoch": result.best_epoch - 1 if selected else None,
+        "seconds": result.seconds,
     }
 
 
 def predict_logits(
     model: keras.Model, records: Records, config: PreprocessConfig, batch_size: int = 64
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The model's logits over ``records`` (unaugmented), and the record positions they belong to (a file
-    that fails to decode is dropped by the pipeline and reported in ``records.report``)."""
-    data = pipeline.make_dataset(records, config, batch_size, shuffle=False, cache=False)
-    logits, index = [], []
-    for batch in data:
-        logits.append(np.asarray(model(batch[schema.IMAGE], training=False)))
-        index.append(batch[schema.INDEX].numpy())
-    if not logits:
-        raise ValueError(f"no image of {len(records)} records could be read: see records.report")
-    return np.concatenate(logits).astype("float32"), np.concatenate(index)
+    """The model's logits over ``records`` (unaugmented) and the record positions they belong to:
+    :func:`kd_keras.engine.predict` (``.logits``, ``.indices``)."""
+    out = predict(model, records, config, batch_size)
+    return out.logits, out.indices
 
 
 def probabilities(logits: np.ndarray, records: Records) -> np.ndarray:
     """Class (softmax) or label (sigmoid) probabilities from logits."""
-    return metric_fns.probabilities_from_logits(logits, multilabel=records.task == "multilabel")
+    return probabilities_from_logits(logits, multilabel=HeadSpec.of(records).eval_task == "multilabel")
 
 
 def evaluate(
@@ -265,43 +209,19 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 64,
 ) -> dict:
-    """Accuracy, AUC (and more) of ``model`` on ``records`` with patient-clustered bootstrap CIs.
-
-    Multi-label: the per-label AUC where a label has both classes (uncertain ``-1`` labels left out) and their
-    mean as ``"auc"``.
-    """
-    logits, index = predict_logits(model, records, config, batch_size)
-    probs = probabilities(logits, records)
-    y = records.labels[index]
-    clusters = records.patients[index]
-    task = eval_task(records)
-    if task != "multilabel":
-        return evaluate_predictions(y, probs, clusters, task=task, n_boot=n_boot, seed=seed)
-    per_label = {}
-    for j, name in enumerate(records.class_names):
-        known = y[:, j] >= 0
-        if len(np.unique(y[known, j])) == 2:
-            per_label[name] = float(metric_fns.binary_auc(y[known, j].astype(int), probs[known, j]))
-    return {"n": int(len(y)), "task": task, "auc_per_label": per_label,
-            "auc": {"estimate": float(np.mean(list(per_label.values()))) if per_label else float("nan")}}
+    """Accuracy, AUC (and more) of ``model`` on ``records`` with patient-clustered bootstrap CIs:
+    :func:`kd_keras.engine.evaluate_model`."""
+    return evaluate_model(model, records, config, n_boot=n_boot, seed=seed, batch_size=batch_size)
 
 
 def estimate(metrics: dict, name: str) -> float:
-    """The point estimate of ``metrics[name]`` (a CI dict or a number)."""
-    value = metrics.get(name)
-    if isinstance(value, dict):
-        return float(value["estimate"])
-    return float("nan") if value is None else float(value)
+    """The point estimate of ``metrics[name]`` (a CI dict or a number): :func:`kd_keras.engine.predict.estimate`."""
+    return metric_estimate(metrics, name)
 
 
 def score_fn(records: Records, config: PreprocessConfig, metric: str = "auc") -> Callable[[keras.Model], float]:
-    """A validation function for :func:`train_stage` (no bootstrap)."""
-
-    def score(model: keras.Model) -> float:
-        value = estimate(evaluate(model, records, config, n_boot=0), metric)
-        return value if math.isfinite(value) else -1.0
-
-    return score
+    """A validation function for :func:`train_stage` (no bootstrap): :func:`kd_keras.engine.make_score_fn`."""
+    return make_score_fn(records, config, metric)
 
 
 def mean_sd(values: Sequence[float]) -> dict:
