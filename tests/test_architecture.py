@@ -15,6 +15,9 @@ import of parent packages is not an edge: every submodule would otherwise form a
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -276,3 +279,55 @@ def test_layering_violation_is_found():
              "kd_keras.engine.c": {"kd_keras.studies.d"}, "kd_keras.studies.d": {"kd_keras.engine.b"}}
     assert layering_violations(graph) == ["kd_keras.data.a -> kd_keras.engine.b",
                                           "kd_keras.engine.c -> kd_keras.studies.d"]
+
+
+# -- the flat public API of kd_keras/__init__.py -----------------------------------------------------------------
+
+REQUIRED_PUBLIC_NAMES = {
+    "Distiller", "get_objective", "list_objectives", "register_objective", "build_model", "list_models",
+    "load_model", "train", "train_lr_grid", "predict", "export_model", "evaluate_predictions",
+    "clustered_bootstrap", "make_dataset", "PreprocessConfig", "Records", "__version__",
+}
+
+
+def test_import_kd_keras_does_not_import_tensorflow():
+    code = (
+        "import sys, kd_keras\n"
+        "heavy = [m for m in ('tensorflow', 'keras', 'cv2') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "assert 'Distiller' in dir(kd_keras)\n"
+        "print('ok', kd_keras.__version__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok ")
+
+
+def test_public_all_is_sorted_and_complete():
+    import kd_keras
+
+    assert kd_keras.__all__ == sorted(kd_keras.__all__)
+    assert len(set(kd_keras.__all__)) == len(kd_keras.__all__)
+    assert REQUIRED_PUBLIC_NAMES <= set(kd_keras.__all__), REQUIRED_PUBLIC_NAMES - set(kd_keras.__all__)
+    assert set(kd_keras.__all__) <= set(dir(kd_keras))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        kd_keras.no_such_name  # noqa: B018
+
+
+def test_every_public_name_resolves_to_its_package_export():
+    import importlib
+
+    import kd_keras
+
+    for name in kd_keras.__all__:
+        value = getattr(kd_keras, name)
+        assert value is not None, name
+        if name == "__version__":
+            assert isinstance(value, str)
+            continue
+        module = importlib.import_module(kd_keras._LAZY_NAMES[name])
+        assert value is getattr(module, name), name
+        # a class or a function, never a module that shadows a same-named function (engine.predict, ...)
+        assert callable(value) and not isinstance(value, types.ModuleType), name
+        assert value.__module__.startswith("kd_keras."), (name, value.__module__)
+    assert kd_keras.get_objective("hinton", alpha=0.25).alpha == 0.25
