@@ -18,8 +18,8 @@ import tensorflow as tf
 from kd_keras.data import pipeline, schema, sources
 from kd_keras.data.preprocess import ImageReadError, PreprocessConfig, load_image
 from kd_keras.engine import teacher_cache as tc
-from kd_keras.engine.teacher_cache.build import _Teacher
 from kd_keras.engine.distiller import teacher_tap_key
+from kd_keras.engine.teacher_cache.build import _Teacher
 from kd_keras.models import with_taps
 
 NUM_IMAGES = 22
@@ -388,3 +388,171 @@ def test_float16_overflow_is_refused(records, tmp_path):
         build(loud, records, tmp_path, taps=["stage1"])
     cache = build(loud, records, tmp_path, taps={"stage1": "float32"})
     assert cache.features("stage1").dtype == np.float32
+
+
+def test_build_decodes_through_the_pipeline(teacher, tmp_path):
+    """Grey and 16-bit PNGs: the cached logits are the teacher's on ``make_dataset``'s own batches, and the
+    decoding matches an independent expectation (16-bit v * 257 is 8-bit v; grey is grey replicated to RGB)."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    grey = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    colour = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    cv2.imwrite(str(folder / "a_grey8.png"), grey)
+    cv2.imwrite(str(folder / "b_grey8_as_bgr.png"), np.repeat(grey[..., None], 3, axis=2))
+    cv2.imwrite(str(folder / "c_colour8.png"), colour)
+    cv2.imwrite(str(folder / "d_colour16.png"), colour.astype(np.uint16) * 257)
+    cv2.imwrite(str(folder / "e_grey16.png"), grey.astype(np.uint16) * 257)
+    records = sources.from_folder(folder)
+    assert [os.path.basename(p) for p in records.paths][3] == "d_colour16.png"
+    assert cv2.imread(str(folder / "d_colour16.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    cache = build(teacher, records, tmp_path / "cache", taps=None, batch_size=2)
+    direct = pipeline.make_dataset(records, CONFIG, batch_size=3, shuffle=False)
+    seen = []
+    for batch in direct:
+        index = batch[schema.INDEX].numpy()
+        seen.extend(index.tolist())
+        expected = np.asarray(teacher.predict_on_batch(batch[schema.IMAGE].numpy()))
+        np.testing.assert_allclose(cache.lookup(index), expected, rtol=1e-5, atol=1e-5)
+    assert seen == list(range(5))
+    logits = np.asarray(cache.logits)
+    np.testing.assert_allclose(logits[0], logits[1], atol=1e-5)  # grey == grey replicated to three channels
+    np.testing.assert_allclose(logits[3], logits[2], atol=1e-4)  # 16-bit keeps the 8-bit content exactly
+    np.testing.assert_allclose(logits[4], logits[0], atol=1e-4)
+    assert not np.allclose(logits[2], logits[0], atol=1e-3)  # and different images give different logits
+
+
+def test_a_shard_of_only_bad_files_is_nan(teacher, pool_dir, tmp_path):
+    bad = [tmp_path / "bad0.png", tmp_path / "bad1.png"]
+    bad[0].write_bytes(b"not an image at all")
+    bad[1].write_bytes(b"")
+    good = os.path.join(pool_dir, "img000.png")
+    cache = tc.build_teacher_cache(
+        teacher, [*bad, good], CONFIG, tmp_path / "cache", shard_size=2, batch_size=4, on_bad_file="nan"
+    )
+    assert cache.bad_indices.tolist() == [0, 1]
+    assert np.isnan(cache.lookup([0, 1])).all()
+    np.testing.assert_allclose(
+        cache.lookup([2]), teacher.predict_on_batch(load_image(good, CONFIG)[None]), rtol=1e-5, atol=1e-5
+    )
+    problems = [b["problem"] for b in cache.manifest["bad_examples"]]
+    assert all(problems) and problems[0] != problems[1]  # the pipeline's own wording per file
+    with pytest.raises(ImageReadError, match=r"bad0\.png"):
+        tc.build_teacher_cache(teacher, [*bad, good], CONFIG, tmp_path / "raise", shard_size=2, batch_size=4)
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_cli_bad_input_is_one_line_and_status_2(teacher, pool_dir, tmp_path, capsys):
+    saved = tmp_path / "teacher.keras"
+    teacher.save(saved)
+
+    def args(teacher_path=saved, pool=pool_dir, out=tmp_path / "out"):
+        return ["--teacher", str(teacher_path), "--pool", str(pool), "--image-size", "32", "--out", str(out)]
+
+    assert tc.main(args(teacher_path=tmp_path / "missing.keras")) == 2
+    assert "missing.keras: teacher file does not exist" in _one_error_line(capsys)
+    garbage = tmp_path / "garbage.keras"
+    garbage.write_bytes(b"not a keras file")
+    assert tc.build_main(args(teacher_path=garbage)) == 2
+    assert "garbage.keras: cannot load the teacher" in _one_error_line(capsys)
+    assert tc.main(args(pool=tmp_path / "no_such_pool")) == 2
+    assert "no_such_pool" in _one_error_line(capsys)
+    assert tc.main(args(pool=saved)) == 2  # a file where the pool folder should be
+    assert "teacher.keras" in _one_error_line(capsys)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    assert tc.main(args(out=blocker / "cache")) == 2  # the output folder cannot be created
+    assert "a_file" in _one_error_line(capsys)
+    if os.geteuid() != 0:  # root writes into read-only folders
+        read_only = tmp_path / "read_only"
+        read_only.mkdir(mode=0o555)
+        assert tc.main(args(out=read_only)) == 2
+        assert "read_only" in _one_error_line(capsys)
+    assert tc.merge_main(args(out=tmp_path / "nothing")) == 2
+    assert "no parts to merge" in _one_error_line(capsys)
+    assert tc.build_main([*args(), "--merge"]) == 2  # an argparse error: its usage message, status 2
+    assert "unrecognized arguments: --merge" in capsys.readouterr().err
+
+
+def test_cli_build_main_and_merge_main(teacher, pool_dir, records, tmp_path, capsys):
+    saved = tmp_path / "teacher.keras"
+    teacher.save(saved)
+    common = ["--teacher", str(saved), "--pool", pool_dir, "--image-size", "32", "--out", str(tmp_path / "tc")]
+    sizes = ["--shard-size", str(SHARD), "--batch-size", str(BATCH)]
+    assert tc.build_main([*common, *sizes, "--shard", "0/2"]) == 0
+    assert tc.build_main([*common, *sizes, "--shard", "1/2"]) == 0
+    assert tc.merge_main(common) == 0
+    assert "merged 2 parts" in capsys.readouterr().out
+    expected = tc.build_teacher_cache(str(saved), records, CONFIG, tmp_path / "api", shard_size=SHARD)
+    merged = tc.TeacherCache.open(tmp_path / "tc" / expected.key.digest)
+    np.testing.assert_array_equal(np.asarray(merged.logits), np.asarray(expected.logits))
+
+
+def test_hard_pseudo_labels_argmax_and_threshold_hand_computed():
+    from kd_keras.engine.pseudo_labels import hard_pseudo_labels
+
+    # softmax([0, 2])[1] = 0.881, softmax([1, 0])[1] = 0.269, softmax([0, 0])[1] = 0.5 (not above 0.5).
+    two = np.array([[0.0, 2.0], [1.0, 0.0], [0.0, 0.0]])
+    labels, confidence = hard_pseudo_labels(two)
+    assert labels.tolist() == [1, 0, 0]
+    np.testing.assert_allclose(confidence, [0.880797, 0.731059, 0.5], atol=1e-6)
+    assert hard_pseudo_labels(two, threshold=0.5)[0].tolist() == [1, 0, 0]  # 003's rule == 002's argmax
+    labels, confidence = hard_pseudo_labels(two, threshold=0.9)
+    assert labels.tolist() == [0, 0, 0]
+    np.testing.assert_allclose(confidence, [0.119203, 0.731059, 0.5], atol=1e-6)
+    # One sigmoid logit: sigmoid(2) = 0.881, sigmoid(-0.5) = 0.378, sigmoid(0) = 0.5.
+    one = np.array([[2.0], [-0.5], [0.0]])
+    assert hard_pseudo_labels(one)[0].tolist() == [1, 0, 0] == hard_pseudo_labels(one, 0.5)[0].tolist()
+    assert hard_pseudo_labels(one, threshold=0.3)[0].tolist() == [1, 1, 1]
+    assert tc.threshold_pseudo_labels(one).tolist() == [1.0, 0.0, 0.0]  # the float 0/1 helper agrees
+    with pytest.raises(ValueError, match="binary head"):
+        hard_pseudo_labels(np.zeros((2, 3)), threshold=0.5)
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        hard_pseudo_labels(two, threshold=1.0)
+
+
+def test_pseudo_label_pool_threshold(teacher, tmp_path):
+    from kd_keras.data.records import Records
+    from kd_keras.engine import PseudoLabels, pseudo_label_pool
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+
+    def array_records(rows, labels, task):
+        return Records(paths=None, labels=np.asarray(labels, np.int64), patients=np.asarray(rows).astype(str),
+                       class_names=("a", "b", "c") if task != "unlabeled" else (), task=task, images=images,
+                       array_index=np.asarray(rows, np.int64))
+
+    labeled = array_records([0, 1, 2, 3], [0, 1, 2, 1], "multiclass")
+    pool = array_records([4, 5, 6, 7, 8, 9], [-1] * 6, "unlabeled")
+    argmax = pseudo_label_pool(teacher, labeled, pool, CONFIG, tmp_path, batch_size=4)
+    assert isinstance(argmax, PseudoLabels) and argmax.threshold is None
+    expected = np.asarray(teacher.predict_on_batch(images.astype(np.float32)))
+    np.testing.assert_array_equal(argmax.pool_labels, expected[4:].argmax(1))
+    assert argmax.labeled_accuracy == pytest.approx(np.mean(expected[:4].argmax(1) == [0, 1, 2, 1]))
+    assert argmax.summary()["rule"] == "argmax"
+    with pytest.raises(ValueError, match="binary head"):  # three classes: a threshold is not defined
+        pseudo_label_pool(teacher, labeled, pool, CONFIG, tmp_path, batch_size=4, threshold=0.5)
+    # A two-logit teacher: threshold 0.5 is its argmax; 0.7 keeps only confident positives.
+    keras.utils.set_random_seed(4)
+    image = keras.Input((32, 32, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 64.0)(image))
+    binary = keras.Model(image, keras.layers.Dense(2)(pooled))
+    labeled2 = array_records([0, 1, 2, 3], [0, 1, 0, 1], "binary")
+    labeled2 = Records(paths=None, labels=labeled2.labels, patients=labeled2.patients, class_names=("a", "b"),
+                       task="binary", images=images, array_index=labeled2.array_index)
+    logits = np.asarray(binary.predict_on_batch(images.astype(np.float32)), np.float64)
+    positive = 1.0 / (1.0 + np.exp(logits[:, 0] - logits[:, 1]))  # softmax column 1
+    for threshold in (0.5, 0.7, float(np.median(positive))):
+        result = pseudo_label_pool(binary, labeled2, pool, CONFIG, tmp_path, batch_size=4, threshold=threshold)
+        np.testing.assert_array_equal(result.pool_labels, (positive[4:] > threshold).astype(int))
+        assert result.labeled_accuracy == pytest.approx(np.mean((positive[:4] > threshold) == [0, 1, 0, 1]))
+    half = pseudo_label_pool(binary, labeled2, pool, CONFIG, tmp_path, batch_size=4, threshold=0.5)
+    default = pseudo_label_pool(binary, labeled2, pool, CONFIG, tmp_path, batch_size=4)
+    np.testing.assert_array_equal(half.pool_labels, default.pool_labels)
+    assert half.summary()["rule"] == "positive-class probability > 0.5"

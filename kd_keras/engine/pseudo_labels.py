@@ -33,7 +33,8 @@ import numpy as np
 
 from kd_keras.data.preprocess import PreprocessConfig
 from kd_keras.data.records import Records
-from kd_keras.engine.teacher_cache import TeacherCache, build_teacher_cache
+from kd_keras.engine.teacher_cache.build import build_teacher_cache
+from kd_keras.engine.teacher_cache.store import TeacherCache  # submodules: the package re-exports this module
 from kd_keras.evaluation.metrics import accuracy, probabilities_from_logits
 
 __all__ = [
