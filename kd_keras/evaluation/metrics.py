@@ -1,17 +1,35 @@
-"""Clinical classification metrics in plain NumPy.
+"""Clinical classification metrics: scikit-learn's, with the conventions and edge cases this library needs.
 
-Written out rather than wrapped from scikit-learn so the clustered bootstrap can call them thousands of times
-cheaply; the tests check every function against scikit-learn on fixed arrays.
+Accuracy, the confusion matrix, recall (sensitivity / specificity), weighted F1, ROC AUC and the ROC curve are
+``sklearn.metrics``; what is ours is the plumbing around them: an undefined rate is NaN rather than an exception,
+a warning or a 0 (an AUC with one class present, a sensitivity without positives), so the clustered bootstrap
+(:mod:`kd_keras.evaluation.bootstrap`) can leave such replicates out; a multi-class AUC averages the classes
+present; logits become probabilities; an operating point is chosen for a target sensitivity.
+
+Cost: scikit-learn validates its inputs on every call (about 0.4 ms for an accuracy, 2 ms for an AUC, against
+tens of microseconds for the NumPy code these replaced), so a 1000-replicate bootstrap of the four binary rates
+takes a few seconds rather than half a second.
 
 Conventions: ``y_true`` holds integer class indices (binary: 1 = abnormal / positive), ``scores`` hold the
 probability of the positive class (binary), a ``(n, classes)`` probability matrix (multi-class), or a ``(n,
 labels)`` matrix with a multi-hot ``y_true`` (multi-label). :func:`probabilities_from_logits` turns model logits
 into these.
+
+Example:
+
+```python
+from kd_keras.evaluation.metrics import binary_auc, probabilities_from_logits, sensitivity_specificity
+
+scores = probabilities_from_logits(logits)          # (n,) for a one-logit head
+auc = binary_auc(labels, scores)                     # NaN when only one class is present
+sensitivity, specificity = sensitivity_specificity(labels, scores >= 0.5)
+```
 """
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn import metrics as skm
 
 
 def probabilities_from_logits(logits: np.ndarray, multilabel: bool = False) -> np.ndarray:
@@ -41,60 +59,96 @@ def positive_scores(probabilities: np.ndarray, positive_class: int = 1) -> np.nd
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Fraction of exact matches."""
+    """Fraction of exact matches (``sklearn.metrics.accuracy_score``); for 2-D multi-label arrays, the fraction
+    of matching entries (``1 - hamming_loss``), not scikit-learn's subset accuracy. NaN when empty.
+
+    Example:
+        >>> accuracy(np.array([0, 1, 1]), np.array([0, 1, 0]))
+        0.6666666666666666
+    """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    return float(np.mean(y_true == y_pred)) if y_true.size else float("nan")
+    if not y_true.size:
+        return float("nan")
+    if y_true.ndim == 2:
+        return float(1.0 - skm.hamming_loss(y_true.astype(np.int64), y_pred.astype(np.int64)))
+    return float(skm.accuracy_score(y_true, y_pred))
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int | None = None) -> np.ndarray:
-    """``cm[i, j]`` = number of examples of true class ``i`` predicted as ``j``."""
+    """``cm[i, j]`` = number of examples of true class ``i`` predicted as ``j`` (``sklearn.metrics.confusion_matrix``
+    over the classes ``0 .. num_classes - 1``; default: up to the largest index seen).
+
+    Example:
+        >>> confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 0]), 2).tolist()
+        [[1, 0], [1, 1]]
+    """
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
     k = num_classes or int(max(y_true.max(initial=0), y_pred.max(initial=0)) + 1)
-    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+    if not y_true.size:
+        return np.zeros((k, k), np.int64)
+    return skm.confusion_matrix(y_true, y_pred, labels=np.arange(k))
 
 
 def sensitivity_specificity(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float]:
-    """Binary sensitivity (recall of class 1) and specificity (recall of class 0); NaN when a class is absent."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    pos, neg = y_true == 1, y_true == 0
-    sens = float(np.mean(y_pred[pos] == 1)) if pos.any() else float("nan")
-    spec = float(np.mean(y_pred[neg] == 0)) if neg.any() else float("nan")
-    return sens, spec
+    """Binary sensitivity (recall of class 1) and specificity (recall of class 0), from
+    ``sklearn.metrics.recall_score``; NaN when a class is absent from ``y_true``.
+
+    Example:
+        >>> sensitivity_specificity(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]))
+        (1.0, 0.5)
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    if not y_true.size:
+        return float("nan"), float("nan")
+    specificity, sensitivity = skm.recall_score(y_true, y_pred, labels=[0, 1], average=None, zero_division=np.nan)
+    return float(sensitivity), float(specificity)
 
 
 def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """F1 per class weighted by the class's support (scikit-learn's ``average="weighted"``)."""
-    cm = confusion_matrix(y_true, y_pred)
-    tp = np.diag(cm).astype(np.float64)
-    support = cm.sum(axis=1).astype(np.float64)
-    predicted = cm.sum(axis=0).astype(np.float64)
-    denom = support + predicted
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float(np.sum(f1 * support) / support.sum()) if support.sum() else float("nan")
+    """F1 per class weighted by the class's support (``sklearn.metrics.f1_score(average="weighted")``); NaN when
+    empty.
+
+    Example:
+        >>> round(weighted_f1(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])), 4)
+        0.7333
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if not y_true.size:
+        return float("nan")
+    return float(skm.f1_score(y_true, y_pred, average="weighted", zero_division=0))
+
+
+def _has_both_classes(y_true: np.ndarray) -> bool:
+    return bool(y_true.any()) and not bool(y_true.all())
 
 
 def binary_auc(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve as the Mann-Whitney statistic (ties count one half); NaN with one class only."""
+    """Area under the ROC curve (``sklearn.metrics.roc_auc_score``: ties count one half); NaN with one class only.
+
+    Example:
+        >>> binary_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.6, 0.9]))
+        0.875
+    """
     y_true = np.asarray(y_true).astype(bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    n_pos = int(y_true.sum())
-    n_neg = y_true.size - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if not _has_both_classes(y_true):
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(scores.size, dtype=np.float64)
-    # Average ranks over ties.
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(skm.roc_auc_score(y_true, np.asarray(scores, dtype=np.float64)))
 
 
 def roc_auc(y_true: np.ndarray, scores: np.ndarray, task: str = "binary") -> float:
-    """ROC AUC for ``task`` ``"binary"``, ``"multiclass"`` (macro one-vs-rest) or ``"multilabel"`` (mean over
-    labels that have both outcomes)."""
+    """ROC AUC for ``task`` ``"binary"``, ``"multiclass"`` (macro one-vs-rest) or ``"multilabel"`` (macro).
+
+    Classes (or labels) with one outcome only in ``y_true`` are left out of the mean, where
+    ``sklearn.metrics.roc_auc_score`` would raise: a bootstrap resample often lacks a rare class. With every
+    class present this is scikit-learn's ``multi_class="ovr", average="macro"`` (multi-class) and
+    ``average="macro"`` (multi-label).
+
+    Example:
+        >>> roc_auc(np.array([0, 1, 2, 2]), np.eye(3)[[0, 1, 2, 1]] * 0.8 + 0.1, "multiclass")
+        0.8611111111111112
+    """
     y_true, scores = np.asarray(y_true), np.asarray(scores)
     if task == "binary":
         return binary_auc(y_true, positive_scores(scores))
@@ -109,17 +163,28 @@ def roc_auc(y_true: np.ndarray, scores: np.ndarray, task: str = "binary") -> flo
 
 
 def roc_curve(y_true: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """False-positive rates, true-positive rates and thresholds (decreasing), one point per distinct score."""
+    """False-positive rates, true-positive rates and thresholds (decreasing, the first ``inf``), one point per
+    distinct score (``sklearn.metrics.roc_curve(drop_intermediate=False)``). With one class only, the rate of
+    the absent class is 0 rather than scikit-learn's NaN and warning, so the curve can still be drawn.
+
+    Example:
+        >>> fpr, tpr, thresholds = roc_curve(np.array([0, 1, 1]), np.array([0.2, 0.4, 0.9]))
+        >>> fpr.tolist(), tpr.tolist()
+        ([0.0, 0.0, 0.0, 1.0], [0.0, 0.5, 1.0, 1.0])
+    """
     y_true = np.asarray(y_true).astype(bool)
     scores = np.asarray(scores, dtype=np.float64)
+    if _has_both_classes(y_true):
+        fpr, tpr, thresholds = skm.roc_curve(y_true, scores, drop_intermediate=False)
+        return fpr, tpr, thresholds
     order = np.argsort(-scores, kind="mergesort")
-    s, y = scores[order], y_true[order]
-    last_of_tie = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
-    tps = np.cumsum(y)[last_of_tie]
-    fps = (last_of_tie + 1) - tps
-    tpr = np.r_[0.0, tps / max(y.sum(), 1)]
-    fpr = np.r_[0.0, fps / max((~y).sum(), 1)]
-    return fpr, tpr, np.r_[np.inf, s[last_of_tie]]
+    sorted_scores = scores[order]
+    thresholds = np.r_[np.inf, np.unique(sorted_scores)[::-1]]
+    positives = np.array([(y_true & (scores >= t)).sum() for t in thresholds[1:]], np.float64)
+    predicted = np.array([(scores >= t).sum() for t in thresholds[1:]], np.float64)
+    tpr = np.r_[0.0, positives / max(y_true.sum(), 1)]
+    fpr = np.r_[0.0, (predicted - positives) / max((~y_true).sum(), 1)]
+    return fpr, tpr, thresholds
 
 
 def threshold_for_sensitivity(y_true: np.ndarray, scores: np.ndarray, target: float) -> float:
