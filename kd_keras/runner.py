@@ -1,0 +1,332 @@
+"""One runner for every study: an ordered list of named stages over prepared data, each finished stage recorded.
+
+A study (:class:`Study`) says how to prepare its data and which stages to run; the runner runs them in order
+and records each finished stage as one JSON file under ``<out>/stages/``. A stage that trains passes
+``ctx.run_dir(name)`` to :func:`kd_keras.engine.train` (``directory=``), which checkpoints the training, so:
+
+- ``--resume`` skips every finished stage (its recorded result is read back) and continues a killed training
+  from its last checkpoint: the run ends as an uninterrupted one would (tested per study with SIGKILL);
+- ``--resume`` with different settings is refused (one line naming what changed);
+- a run into a folder that holds an earlier run is refused unless ``--resume`` or ``--overwrite``; with
+  ``--overwrite`` the earlier run's outputs are moved aside to ``<out>/previous/<time>/``, never deleted.
+
+Inside a stage, ``ctx.stage(name, fn)`` records a sub-step the same way (e.g. one student run of a grid), so a
+long stage resumes at the sub-step too.
+
+Every run writes ``config.yaml`` (the resolved settings: ``kd-keras run <study> --config <out>/config.yaml``
+replays it), ``results.json`` and the study's report.
+
+Example:
+
+```python
+from kd_keras.runner import Stage, Study, run_study
+
+class Tiny(Study):
+    name, title = "tiny", "a two-stage example"
+    config_class, presets = TinyConfig, {"quick": {}}
+
+    def prepare(self, ctx):
+        return load_my_data(ctx.config)
+
+    def stages(self, ctx):
+        return [Stage("teacher", train_teacher), Stage("student", train_student)]
+
+    def results(self, ctx):
+        return {"teacher": ctx.outputs["teacher"], "student": ctx.outputs["student"]}
+
+results = run_study(Tiny(), TinyConfig(), "runs/tiny", resume=True)
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from kd_keras.config import config_to_dict, write_config
+
+__all__ = ["Flag", "RunContext", "RunError", "Stage", "StageFailedError", "StageStore", "Study", "run_study"]
+
+STAGES_DIR = "stages"
+RUNS_DIR = "runs"
+PREVIOUS_DIR = "previous"
+# Derived, keyed caches that a new run may reuse: never moved aside.
+_KEPT_ON_OVERWRITE = {PREVIOUS_DIR, "teacher_cache", "data"}
+
+
+class RunError(RuntimeError):
+    """A problem the user can fix (option, data, output folder); ``str(error)`` is one line."""
+
+
+class StageFailedError(RuntimeError):
+    """An unexpected error inside a stage; the message names the stage and how to continue."""
+
+    def __init__(self, stage: str, out: Path):
+        super().__init__(f"stage {stage!r} failed; after fixing the cause, `--resume --out {out}` continues "
+                         "from the last finished stage")
+        self.stage = stage
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named step of a study: ``run(ctx)`` returns a JSON-ready dict, recorded when it returns."""
+
+    name: str
+    run: Callable[[RunContext], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A study's own command-line option that is not simply ``--<setting-name>``.
+
+    Args:
+        names: the option strings (``("--unlabeled-dir",)``).
+        kwargs: ``argparse.add_argument`` keyword arguments (``dest`` is set by the runner's CLI).
+        settings: ``value -> {setting: value, ...}``, called when the option is given.
+    """
+
+    names: tuple[str, ...]
+    kwargs: Mapping[str, Any]
+    settings: Callable[[Any], Mapping[str, Any]]
+
+
+def _file_name(stage: str) -> str:
+    return re.sub(r"[^\w.=+-]+", "__", stage)
+
+
+class StageStore:
+    """Finished stages of one output folder (``<out>/stages/<name>.json``) and the settings they belong to.
+
+    Args:
+        out: the run's output folder.
+        settings: the run's resolved settings (JSON-ready); ``resume`` refuses different ones.
+        resume: keep the finished stages of the run in ``out``.
+        overwrite: move an earlier run's outputs aside (instead of refusing to start).
+    """
+
+    def __init__(self, out: Path, settings: Mapping[str, Any], *, resume: bool = False, overwrite: bool = False):
+        self.out = Path(out)
+        self.dir = self.out / STAGES_DIR
+        self.skipped: list[str] = []
+        self.moved_to: Path | None = None
+        saved = self.dir / "config.json"
+        if self.out.exists() and not self.out.is_dir():
+            raise RunError(f"--out {self.out}: is a file, not a folder; choose another --out")
+        if resume and saved.is_file():
+            before = json.loads(saved.read_text())
+            changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+            if changed:
+                detail = ", ".join(f"{k}: {before.get(k)!r} -> {settings.get(k)!r}" for k in changed[:3])
+                raise RunError(f"--resume: {self.out} was run with other settings ({detail}); run without "
+                               "--resume and with --overwrite, or use another --out")
+        elif not resume and self._earlier_run():
+            if not overwrite:
+                raise RunError(f"--out {self.out} holds an earlier run: --resume continues it, --overwrite moves "
+                               f"it aside to {self.out / PREVIOUS_DIR}/, or choose another --out")
+            self.moved_to = self._move_aside()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _write_json(saved, dict(settings))
+        except OSError as error:
+            raise RunError(f"--out {self.out}: cannot write there ({error.strerror or error})") from None
+
+    def _earlier_run(self) -> bool:
+        return self.out.is_dir() and any(
+            (self.out / name).exists() for name in (STAGES_DIR, RUNS_DIR, "results.json")
+        )
+
+    def _move_aside(self) -> Path:
+        target = self.out / PREVIOUS_DIR / time.strftime("%Y%m%d-%H%M%S")
+        suffix = 1
+        while target.exists():
+            target = target.with_name(f"{target.name.split('.')[0]}.{suffix}")
+            suffix += 1
+        target.mkdir(parents=True)
+        for entry in sorted(self.out.iterdir()):
+            if entry.name not in _KEPT_ON_OVERWRITE:
+                shutil.move(str(entry), str(target / entry.name))
+        return target
+
+    def path(self, name: str) -> Path:
+        return self.dir / f"{_file_name(name)}.json"
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        """The recorded result of stage ``name``, or ``None`` when it has not finished."""
+        path = self.path(name)
+        if not path.is_file():
+            return None
+        self.skipped.append(name)
+        return json.loads(path.read_text())
+
+    def put(self, name: str, value: Mapping[str, Any]) -> dict[str, Any]:
+        """Record stage ``name`` atomically; returns the value as read back (plain JSON types)."""
+        _write_json(self.path(name), dict(value))
+        return json.loads(self.path(name).read_text())
+
+
+def _write_json(path: Path, value: Any) -> None:
+    from kd_keras.evaluation.report import write_json
+
+    temporary = path.with_name(path.name + ".partial")
+    write_json(temporary, value)
+    os.replace(temporary, path)
+
+
+@dataclass
+class RunContext:
+    """What a stage sees: the settings, the prepared data, earlier stages' outputs and the output folder."""
+
+    config: Any
+    out: Path
+    store: StageStore
+    say: Callable[[str], None] = print
+    progress: bool = True
+    data: Any = None
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def stage(self, name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """``run()`` once: its recorded result when stage ``name`` finished earlier, else run and record it."""
+        done = self.store.get(name)
+        if done is not None:
+            self.outputs[name] = done
+            return done
+        start = time.perf_counter()
+        value = run()
+        self.timing[name] = round(time.perf_counter() - start, 2)
+        self.outputs[name] = self.store.put(name, value)
+        return self.outputs[name]
+
+    def run_dir(self, name: str) -> Path:
+        """The checkpoint folder of stage ``name``'s training (``<out>/runs/<name>``)."""
+        return self.out / RUNS_DIR / _file_name(name)
+
+    def path(self, *parts: str) -> Path:
+        """A path under the output folder, its parent created."""
+        path = self.out.joinpath(*parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class Study:
+    """A study: settings, presets, data preparation, ordered stages, results and report.
+
+    Subclasses set the class attributes and implement :meth:`prepare`, :meth:`stages`, :meth:`results` and
+    :meth:`report`.
+
+    Attributes:
+        name: the command name (``kd-keras run <name>``).
+        title: one line for ``--help`` and ``results.json``.
+        config_class: the settings dataclass (with a ``preset`` and a ``seed`` field).
+        presets: preset name -> values.
+        default_out: default output folder.
+        flags: the study's own options (:class:`Flag`) besides one ``--<setting>`` per setting.
+        expected_errors: exception types that are the user's to fix (one line, exit status 2).
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    config_class: ClassVar[type] = object
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    default_out: ClassVar[str] = "runs/study"
+    flags: ClassVar[Sequence[Flag]] = ()
+    expected_errors: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    def adjust(self, values: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
+        """The study's last word on resolved values before validation (default: none)."""
+        return values
+
+    def check(self, config: Any) -> None:
+        """Checks before anything is written or trained (default: none); raise :class:`RunError`."""
+
+    def prepare(self, ctx: RunContext) -> Any:
+        raise NotImplementedError
+
+    def stages(self, ctx: RunContext) -> list[Stage]:
+        raise NotImplementedError
+
+    def results(self, ctx: RunContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def report(self, results: dict[str, Any], out: Path) -> None:
+        """Write ``report.md`` (and plots) from ``results``."""
+
+    def summary_lines(self, results: dict[str, Any]) -> list[str]:
+        """The one-screen summary printed at the end of a run."""
+        return []
+
+
+def run_study(
+    study: Study,
+    config: Any,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+    command: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Run ``study`` with ``config`` into ``out``; returns the ``results.json`` content.
+
+    Args:
+        study: the :class:`Study`.
+        config: its resolved settings (an instance of ``study.config_class``).
+        out: output folder.
+        resume: skip finished stages and continue a killed training (settings must be the same).
+        overwrite: move an earlier run in ``out`` aside first (otherwise such a folder is refused).
+        progress: progress bars (stderr).
+        say: where progress lines go.
+        command: the command line recorded in ``results.json`` (default: ``sys.argv``).
+
+    Raises:
+        RunError and the study's ``expected_errors``: one line for the user.
+        StageFailedError: an unexpected error in a stage (chained to the original exception).
+    """
+    out = Path(out)
+    study.check(config)
+    settings = config_to_dict(config)
+    store = StageStore(out, settings, resume=resume, overwrite=overwrite)
+    if store.moved_to is not None:
+        say(f"moved the earlier run in {out} aside to {store.moved_to}")
+    write_config(out / "config.yaml", config, study.name)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S")
+    start = time.perf_counter()
+    ctx = RunContext(config=config, out=out, store=store, say=say, progress=progress)
+    t = time.perf_counter()
+    ctx.data = study.prepare(ctx)
+    ctx.timing["data"] = round(time.perf_counter() - t, 2)
+    for stage in study.stages(ctx):
+        try:
+            ctx.stage(stage.name, lambda stage=stage: stage.run(ctx))
+        except (RunError, *study.expected_errors):
+            raise
+        except Exception as error:
+            raise StageFailedError(stage.name, out) from error
+    ctx.timing["total"] = round(time.perf_counter() - start, 2)
+    results = study.results(ctx)
+    results.setdefault("study", study.title or study.name)
+    results.setdefault("config", settings)
+    results.setdefault("seed", getattr(config, "seed", None))
+    results["run"] = {
+        "study": study.name,
+        "command": " ".join(command if command is not None else sys.argv),
+        "started": started,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "resumed_stages": list(store.skipped),
+        "config_file": str(out / "config.yaml"),
+    }
+    _write_json(out / "results.json", results)
+    results = json.loads((out / "results.json").read_text())
+    study.report(results, out)
+    return results
