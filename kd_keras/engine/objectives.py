@@ -22,12 +22,14 @@ name                          method                                            
 ``simclr``                    NT-Xent on two views, projection head, global negatives    no
 ``fixmatch``                  FixMatch (weak/strong views, confidence threshold)          optional
 ``mixmatch``                  MixMatch (label guessing, sharpening, MixUp)                optional
+``keras_distillation``        ``alpha CE + (1 - alpha)`` a ``keras.distillation`` loss     yes
 ============================  ==========================================================  ============
 
 The code: :mod:`~kd_keras.engine.objective_base` (the interface and the registry),
 :mod:`~kd_keras.engine.objectives_transfer` (hard labels and teacher-to-student transfer),
-:mod:`~kd_keras.engine.objectives_semi_supervised` (SimCLR, FixMatch, MixMatch). This module imports them all,
-so every built-in name is registered, and re-exports their classes.
+:mod:`~kd_keras.engine.objectives_semi_supervised` (SimCLR, FixMatch, MixMatch),
+:mod:`~kd_keras.engine.objectives_keras` (a ``keras.distillation.DistillationLoss`` as an objective). This
+module imports them all, so every built-in name is registered, and re-exports their classes.
 
 Example:
     >>> objective = get_objective("hinton", alpha=0.1, temperature=4.0)
@@ -46,6 +48,7 @@ from kd_keras.engine.objective_base import (
     register_objective,
     registered_objectives,
 )
+from kd_keras.engine.objectives_keras import KerasDistillation, from_keras_distillation_loss
 from kd_keras.engine.objectives_semi_supervised import FixMatch, MixMatch, SimCLR
 from kd_keras.engine.objectives_transfer import (
     AttentionTransfer,
@@ -65,6 +68,7 @@ __all__ = [
     "FixMatch",
     "HardLabel",
     "Hinton",
+    "KerasDistillation",
     "MixMatch",
     "NoisyStudent",
     "Objective",
@@ -73,6 +77,7 @@ __all__ = [
     "SimCLR",
     "SoftTargetStudentTeacher",
     "TeacherObjective",
+    "from_keras_distillation_loss",
     "get_objective",
     "list_objectives",
     "register_objective",
