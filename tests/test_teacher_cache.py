@@ -1,5 +1,6 @@
 """Teacher-output cache: values against a direct ``predict``, reuse without any teacher call, key
-invalidation, sharded parts + merge, kill-and-resume, tf.data lookup by index, pseudo-label helpers, CLI.
+invalidation, sharded parts + merge, kill-and-resume, tf.data lookup by index, decoding through the input
+pipeline (grey, 16-bit), bad files, pseudo-labels (argmax and threshold), CLI (one-line errors, status 2).
 
 A tiny Keras teacher on 32 px images generated in a temporary folder keeps the whole file to a few seconds.
 """

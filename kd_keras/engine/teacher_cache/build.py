@@ -66,6 +66,12 @@ def as_records(pool: PoolLike) -> Records:
 
     A folder is read with :func:`kd_keras.data.sources.from_folder`; a sequence of paths and an image array
     ``(N, H, W[, C])`` become unlabeled records in the given order.
+
+    Example:
+
+    ```python
+    as_records(["a.png", "b.png"]).describe_example(1)  # 'b.png'
+    ```
     """
     if isinstance(pool, Records):
         return pool

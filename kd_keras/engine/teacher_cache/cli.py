@@ -123,6 +123,13 @@ def run_cache_command(args: argparse.Namespace, merge: bool = False) -> int:
 
     Returns:
         0, or 2 after one line on stderr for bad input.
+
+    Example:
+
+    ```python
+    args = add_cache_arguments(argparse.ArgumentParser(), "merge").parse_args(argv)
+    status = run_cache_command(args, merge=True)
+    ```
     """
     from kd_keras.data.sources import from_folder
     from kd_keras.data.validate import DataError
