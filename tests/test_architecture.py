@@ -193,24 +193,10 @@ def _line_counts() -> dict[str, int]:
     return counts
 
 
-# The lead removes this mark once issue 15's splits of the other owners' modules have landed.
-@pytest.mark.xfail(strict=False, reason="until issue 15's splits land")
 def test_modules_at_most_600_lines():
     counts = _line_counts()
     assert len(counts) > 50
     offenders = {path: n for path, n in counts.items() if n > MAX_LINES}
-    assert not offenders, f"modules over {MAX_LINES} lines: {offenders}"
-
-
-def test_my_split_modules_at_most_600_lines():
-    """The modules issue 15 item 6 split stay split (no xfail: these are done)."""
-    counts = _line_counts()
-    mine = [p for p in counts if p.startswith(("kd_keras/data/", "kd_keras/evaluation/"))
-            or p in ("kd_keras/engine/distiller.py", "kd_keras/engine/objectives.py", "kd_keras/__init__.py")
-            or p.startswith(("kd_keras/engine/objectives_", "kd_keras/engine/objective_"))
-            or p == "kd_keras/engine/step_context.py"]
-    assert "kd_keras/data/sources.py" in mine
-    offenders = {p: counts[p] for p in mine if counts[p] > MAX_LINES}
     assert not offenders, f"modules over {MAX_LINES} lines: {offenders}"
 
 

@@ -349,6 +349,7 @@ def test_objective_registry_and_config_errors():
         "simclr",
         "fixmatch",
         "mixmatch",
+        "keras_distillation",
     }
     objective = get_objective({"name": "hinton", "alpha": 0.5, "temperature": 2.0})
     assert (objective.alpha, objective.temperature) == (0.5, 2.0)
