@@ -1,0 +1,214 @@
+"""Settings of study 000 (KD with unlabeled random images): one dataclass, its presets and the command's own options.
+
+Presets: ``"paper"`` (the default) is the study's protocol (300 px, 5 folds, 30 epochs per stage; it needs the
+Messidor/EyePACS images through ``data``); ``"demo"`` is what ``--demo`` runs (embedded synthetic fundus
+photographs and the built-in natural-image pool, minutes on 2 CPU cores); ``"smoke"`` is what ``--demo --tiny``
+(or ``--demo`` with ``KD_KERAS_TINY=1``) runs, for CI. Every setting is also a ``kd-keras run dr`` option, a
+config-file key and a ``--set`` key (:mod:`kd_keras.config`).
+
+Example:
+
+```python
+from kd_keras.config import resolve_config
+from kd_keras.studies.dr_config import PRESETS, DRKDConfig
+
+config = resolve_config(DRKDConfig, PRESETS, preset="demo", sets=["students=[simple10]"])
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from kd_keras.data.preprocess import PreprocessConfig
+from kd_keras.runner import Flag, RunError
+
+__all__ = ["FLAGS", "LAYOUTS", "PRESETS", "STUDENT_TITLES", "VARIANTS", "DRError", "DRKDConfig", "adjust_settings"]
+
+# Variant key -> (table row title, sub-steps in training order): (a) "ul", (b) "kd", (c) "hard".
+VARIANTS = {
+    "base": ("Base model", ("hard",)),
+    "kd": ("Base model+KD", ("kd", "hard")),
+    "ul": ("Base model+UL", ("ul", "hard")),
+    "kd_ul": ("Base model+KD+UL", ("ul", "kd", "hard")),
+}
+STUDENT_TITLES = {"simple10": "Simple10", "vgg16_d2": "VGG/2", "vgg16_d4": "VGG/4"}
+# "synthetic": the embedded synthetic fundus photographs (no ``data``); the others read ``data``.
+LAYOUTS = ("synthetic", "folders", "eyepacs", "messidor", "chexpert", "csv", "npz")
+TASKS = ("auto", "referable_dr", "dr_grades", "normal_vs_abnormal", "multiclass", "multilabel")
+
+
+class DRError(RunError):
+    """A problem the user can fix (option, data); ``str(error)`` is one line."""
+
+
+@dataclasses.dataclass
+class DRKDConfig:
+    """Everything a run of study 000 depends on (``config.yaml`` replays it; ``--resume`` refuses another one).
+
+    Args:
+        preset: the named settings the run started from (``paper``, ``demo``, ``smoke``).
+        layout: the labeled data's layout: ``synthetic`` (embedded synthetic fundus photographs, referable DR),
+            ``folders`` (one folder per class), ``eyepacs``, ``messidor`` (sheet as CSV), ``chexpert``, ``csv``,
+            ``npz``.
+        data: class-folder root, CSV sheet or ``.npz`` of the labeled images (not with ``synthetic``).
+        image_dir: the images of a CSV layout (default: next to the CSV).
+        task: auto | referable_dr | dr_grades | normal_vs_abnormal | multiclass | multilabel (auto: DR grades
+            for eyepacs/messidor, referable DR for synthetic, the classes as given otherwise).
+        pool: folder of unlabeled random (natural) images; none: the built-in fallback pool.
+        pool_size: images of the built-in fallback pool.
+        limit: use a random subset of this many labeled images (0: all).
+        synthetic_patients: patients (two photographs each) of the synthetic data.
+        synthetic_difficulty: lesion difficulty of the synthetic data (0 easy .. 2 hard).
+        image_size: square input side (the paper: 300).
+        channels: 3 (RGB fundus photographs) or 1.
+        students: student names from the zoo (simple10, vgg16_d2, vgg16_d4).
+        variants: base, kd, ul, kd_ul (Tables 1-2: Base, +KD, +UL, +KD+UL).
+        folds: patient-level cross-validation folds (the paper: 5).
+        max_folds: run only the first this many folds (none: all).
+        teacher: the teacher's zoo name.
+        teacher_weights: the teacher's initialisation: imagenet, none, or a weights file.
+        teacher_epochs: teacher fine-tuning epochs.
+        teacher_lr: teacher Adam learning rate.
+        ul_epochs: epochs of stage (a), distillation on the unlabeled random images (eq. 1).
+        kd_epochs: epochs of stage (b), conditional distillation on the labeled images (eq. 2).
+        hard_epochs: epochs of stage (c), hard labels.
+        student_lr: Adam learning rate of every student stage.
+        temperature: softmax temperature of the soft targets (1 = the paper's eqs. 1-2).
+        batch_size: batch size.
+        clahe: per-channel CLAHE on the retina and the random images.
+        fundus_crop: crop fundus photographs to their circle (off for e.g. chest X-rays).
+        dropout: dropout before the classifier.
+        n_boot: bootstrap replicates of the per-fold CIs (0: none).
+        deterministic: deterministic TensorFlow ops (a resumed run ends as an uninterrupted one).
+        seed: one seed for data, splits, initialisation and augmentation.
+    """
+
+    preset: str = "paper"
+    layout: str = "folders"
+    data: str | None = None
+    image_dir: str | None = None
+    task: str = "auto"
+    pool: str | None = None
+    pool_size: int = 20000
+    limit: int = 0
+    synthetic_patients: int = 60
+    synthetic_difficulty: float = 0.5
+    image_size: int = 300
+    channels: int = 3
+    students: tuple[str, ...] = ("simple10", "vgg16_d2", "vgg16_d4")
+    variants: tuple[str, ...] = ("base", "kd", "ul", "kd_ul")
+    folds: int = 5
+    max_folds: int | None = None
+    teacher: str = "vgg16"
+    teacher_weights: str | None = "imagenet"
+    teacher_epochs: int = 30
+    teacher_lr: float = 1e-4
+    ul_epochs: int = 30
+    kd_epochs: int = 30
+    hard_epochs: int = 30
+    student_lr: float = 1e-3
+    temperature: float = 1.0
+    batch_size: int = 32
+    clahe: bool = True
+    fundus_crop: bool = True
+    dropout: float = 0.5
+    n_boot: int = 200
+    deterministic: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise DRError(f"--preset must be one of {list(PRESETS)}, got {self.preset!r}")
+        if self.layout not in LAYOUTS:
+            raise DRError(f"--layout must be one of {list(LAYOUTS)}, got {self.layout!r}")
+        if self.task not in TASKS:
+            raise DRError(f"--task must be one of {list(TASKS)}, got {self.task!r}")
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown or not self.variants:
+            raise DRError(f"--variants: unknown {unknown or 'none given'}; known: {list(VARIANTS)}")
+        if not self.students:
+            raise DRError("--students: give at least one student")
+        if self.channels not in (1, 3):
+            raise DRError(f"--channels must be 1 or 3, got {self.channels}")
+        if self.image_size < 32:
+            raise DRError(f"--image-size must be at least 32 (model contract), got {self.image_size}")
+        if self.folds < 2:
+            raise DRError(f"--folds must be at least 2, got {self.folds}")
+        if self.max_folds is not None and not 1 <= self.max_folds <= self.folds:
+            raise DRError(f"--max-folds must be in [1, folds={self.folds}], got {self.max_folds}")
+        for name in ("teacher_epochs", "ul_epochs", "kd_epochs", "hard_epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise DRError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        for name in ("limit", "pool_size", "n_boot", "synthetic_patients"):
+            if getattr(self, name) < 0:
+                raise DRError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise DRError(f"--temperature must be > 0, got {self.temperature}")
+        if isinstance(self.teacher_weights, str) and self.teacher_weights.lower() in ("none", ""):
+            self.teacher_weights = None  # "--teacher-weights none": from scratch
+        self.students = tuple(self.students)
+        self.variants = tuple(self.variants)
+
+    @property
+    def fold_count(self) -> int:
+        """Folds actually run (the first ``max_folds`` of ``folds``)."""
+        return self.max_folds or self.folds
+
+    def preprocess(self, fundus_crop: bool | None = None) -> PreprocessConfig:
+        """The preprocessing of the labeled images (``fundus_crop=False``: of the random images)."""
+        return PreprocessConfig(
+            image_size=(self.image_size, self.image_size),
+            channels=self.channels,
+            clahe=self.clahe,
+            fundus_crop=self.fundus_crop if fundus_crop is None else fundus_crop,
+        )
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's protocol: the dataclass defaults (Messidor/EyePACS through `data`, ImageNet teacher).
+    "paper": {},
+    # What `--demo` ran before the runner (the old DEMO and DEMO_DATA dicts, teacher from scratch offline).
+    "demo": dict(layout="synthetic", synthetic_patients=60, pool_size=300, image_size=48, folds=5, max_folds=2,
+                 teacher_epochs=3, ul_epochs=2, kd_epochs=2, hard_epochs=4, batch_size=16, n_boot=100,
+                 teacher_weights=None),
+    # What `--demo --tiny` ran (the old TINY dicts), with 2 hard-label epochs so a kill can land between
+    # two epochs of one training (tests/test_study_000.py).
+    "smoke": dict(layout="synthetic", synthetic_patients=16, pool_size=32, image_size=32, folds=2, max_folds=1,
+                  teacher_epochs=1, ul_epochs=1, kd_epochs=1, hard_epochs=2, batch_size=16, n_boot=0,
+                  students=("simple10",), teacher_weights=None),
+}
+
+
+def adjust_settings(values: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """``--demo`` (``_demo``) starts from the demo preset, ``--demo --tiny`` (or ``KD_KERAS_TINY=1``) from the
+    smoke preset, under every explicitly given setting (as ``--preset demo`` / ``--preset smoke`` would)."""
+    demo, tiny = values.pop("_demo", False), values.pop("_tiny", False)
+    if tiny and not demo:
+        raise DRError("--tiny shrinks the demo: use it with --demo (or use --preset smoke)")
+    if not demo:
+        return values
+    preset = "smoke" if tiny else "demo"
+    if values.get("preset") not in (DRKDConfig.preset, preset):
+        raise DRError(f"--demo runs the {preset!r} preset: drop --preset {values['preset']}")
+    given = {k: values[k] for k in explicit if k in values and not k.startswith("_")}
+    return {**PRESETS[preset], **given, "preset": preset}
+
+
+def _demo(_: Any) -> dict[str, Any]:
+    return {"_demo": True, "_tiny": os.environ.get("KD_KERAS_TINY") == "1"}
+
+
+# The options of `python experiments/dr_kd_unlabeled.py` that are not simply --<setting>.
+FLAGS = (
+    Flag(("--demo",), {"action": "store_true", "help": "embedded synthetic fundus data and the built-in pool "
+                       "(= --preset demo; with --tiny or KD_KERAS_TINY=1: --preset smoke)"}, _demo),
+    Flag(("--tiny",), {"action": "store_true", "help": "with --demo: CI smoke-test sizes (= --preset smoke)"},
+         lambda _: {"_tiny": True}),
+    Flag(("--students",), {"nargs": "+", "metavar": "NAME", "help": "student zoo names"},
+         lambda v: {"students": tuple(v)}),
+    Flag(("--variants",), {"nargs": "+", "choices": list(VARIANTS), "help": "training methods of Tables 1-2"},
+         lambda v: {"variants": tuple(v)}),
+)

@@ -1,0 +1,137 @@
+"""The data of study 000: the labeled retina images (a layout on disk, or the embedded synthetic fundus
+photographs), the pool of unlabeled random images, and the patient-level folds.
+
+Everything here is derived from the settings (:class:`~kd_keras.studies.dr_config.DRKDConfig`) and written under
+``<out>/data/`` (kept when ``--overwrite`` moves a run aside), so a replay of ``config.yaml`` sees the same data.
+
+Example:
+
+```python
+data = prepare_data(config, Path("runs/dr_kd"))
+for k, (train, test) in enumerate(data.folds):
+    ...
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kd_keras.data.records import Records
+from kd_keras.studies.dr_config import DRError, DRKDConfig
+
+__all__ = ["DRData", "load_labeled", "prepare_data"]
+
+
+@dataclass
+class DRData:
+    """The resolved data of a run.
+
+    Attributes:
+        labeled: the labeled images with their task applied (after ``limit``).
+        pool: the unlabeled random images.
+        pool_dir: the pool's folder.
+        folds: ``(train, test)`` per fold that is run (patient-level, the first ``max_folds``).
+    """
+
+    labeled: Records
+    pool: Records
+    pool_dir: Path
+    folds: list[tuple[Records, Records]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"labeled": self.labeled.summary(), "pool": {"root": str(self.pool_dir), "images": len(self.pool)},
+                "folds": [{"train": len(train), "test": len(test)} for train, test in self.folds]}
+
+
+def load_labeled(layout: str, path: str, *, image_dir: str | None = None, task: str = "auto") -> Records:
+    """A labeled source in a layout on disk, with its task applied.
+
+    Args:
+        layout: ``folders`` (one folder per class), ``eyepacs`` (``trainLabels.csv``), ``messidor`` (the sheet as
+            CSV), ``chexpert`` (``train.csv``), ``csv`` (a generic manifest) or ``npz`` (MedMNIST-style arrays).
+        path: the folder, CSV or ``.npz`` file.
+        image_dir: where a CSV's images are (default: next to the CSV).
+        task: ``auto`` (DR grades for eyepacs/messidor, the classes as given otherwise) or a task name of
+            :func:`kd_keras.data.tasks.apply_task`.
+
+    Example:
+        >>> records = load_labeled("eyepacs", "trainLabels.csv", image_dir="train", task="referable_dr")
+    """
+    from kd_keras.data import sources, tasks
+
+    readers = {
+        "folders": lambda: sources.from_class_folders(path),
+        "eyepacs": lambda: sources.eyepacs(path, image_dir),
+        "messidor": lambda: sources.messidor(path, image_dir),
+        "chexpert": lambda: sources.chexpert(path, image_dir),
+        "csv": lambda: sources.from_csv(path, image_dir),
+        "npz": lambda: sources.from_npz(path),
+    }
+    if layout not in readers:
+        raise DRError(f"--layout {layout!r}: not a data layout on disk ({', '.join(readers)})")
+    records = readers[layout]()
+    if task == "auto":
+        if layout in ("eyepacs", "messidor"):
+            return tasks.dr_grades(records, n_grades=max(int(records.labels.max()) + 1, 2))
+        return records
+    try:
+        return tasks.apply_task(records, task)
+    except (KeyError, ValueError) as error:
+        raise DRError(f"--task {task}: {str(error).strip(chr(39))}") from None
+
+
+def _synthetic(config: DRKDConfig, out: Path) -> Records:
+    from kd_keras.data import sources, tasks
+    from kd_keras.data.synthetic_fundus import SyntheticFundusConfig, generate_synthetic_fundus
+
+    root = generate_synthetic_fundus(
+        out / "data" / "fundus",
+        SyntheticFundusConfig(patients=config.synthetic_patients, image_size=max(64, config.image_size),
+                              seed=config.seed, difficulty=config.synthetic_difficulty),
+    )
+    records = sources.eyepacs(root / "trainLabels.csv", root / "train")
+    if config.task in ("auto", "referable_dr"):
+        return tasks.referable_dr(records)
+    return tasks.apply_task(records, config.task)
+
+
+def prepare_data(config: DRKDConfig, out: Path) -> DRData:
+    """The labeled images, the random-image pool and the folds of ``config``.
+
+    Raises:
+        DRError: no ``data`` for a layout on disk, a missing pool folder, too few patients for the folds.
+        DataError: a folder or sheet without usable images (one line).
+    """
+    from kd_keras.data import sources
+    from kd_keras.data.natural_images import natural_image_pool
+    from kd_keras.data.splits import kfold_by_patient
+
+    out = Path(out)
+    if config.layout == "synthetic":
+        labeled = _synthetic(config, out)
+        pool_size = max(64, config.image_size)
+        pool_out = out / "data" / "natural"
+    else:
+        if not config.data:
+            raise DRError(f"--layout {config.layout}: give --data (the labeled images), or run --demo")
+        labeled = load_labeled(config.layout, config.data, image_dir=config.image_dir, task=config.task)
+        pool_size = config.image_size
+        pool_out = out / "data" / f"natural_{config.pool_size}_{config.image_size}"
+    try:
+        pool_dir = natural_image_pool(config.pool, out_dir=pool_out, n_images=config.pool_size,
+                                      image_size=pool_size, seed=config.seed)
+    except FileNotFoundError as error:
+        raise DRError(f"--pool {config.pool}: {error}") from None
+    if config.limit and config.limit < len(labeled):
+        keep = np.sort(np.random.default_rng(config.seed).choice(len(labeled), config.limit, replace=False))
+        labeled = labeled.subset(keep)
+    try:
+        folds = kfold_by_patient(labeled, k=config.folds, seed=config.seed)[: config.fold_count]
+    except ValueError as error:
+        raise DRError(f"--folds {config.folds}: {error}") from None
+    return DRData(labeled=labeled, pool=sources.from_folder(pool_dir), pool_dir=Path(pool_dir), folds=folds)
