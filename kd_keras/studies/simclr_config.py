@@ -1,0 +1,195 @@
+"""Settings of study 003 (SimCLR pretraining + distillation): one dataclass, its presets and the script's options.
+
+Presets: ``"paper"`` (the default) is the study's protocol on your data (299 px, ResNet50 teacher from ImageNet,
+2% labeled patients); ``"demo"`` is what ``python experiments/simclr_distill.py --demo`` runs (120 generated
+fundus photos, 64 px, a few epochs); ``"smoke"`` is ``--demo --tiny`` (or ``KD_KERAS_TINY=1``): CI sizes, small
+zoo networks, seconds of training. Every setting is also a ``kd-keras run simclr`` option, a config-file key and a
+``--set`` key (:mod:`kd_keras.config`).
+
+Example:
+
+```python
+from kd_keras.config import resolve_config
+from kd_keras.studies.simclr_config import PRESETS, SimCLRConfig
+
+config = resolve_config(SimCLRConfig, PRESETS, preset="smoke", sets=["simclr_epochs=3"])
+```
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from kd_keras.runner import Flag, RunError
+
+__all__ = ["BASELINES", "FLAGS", "LAYOUTS", "METHODS", "PRESETS", "SimCLRConfig", "SimCLRError", "adjust_settings"]
+
+LAYOUTS = ("folders", "eyepacs", "messidor", "chexpert", "csv", "npz")
+BASELINES = ("supervised", "fixmatch", "mixmatch")
+METHODS = {
+    "supervised": "Supervised (fraction only)",
+    "fixmatch": "FixMatch",
+    "mixmatch": "MixMatch",
+    "teacher": "SimCLR teacher, fine-tuned",
+    "student": "Proposed: SimCLR + KD student",
+}
+
+
+class SimCLRError(RunError):
+    """A problem the user can fix (option, data); ``str(error)`` is one line."""
+
+
+@dataclass
+class SimCLRConfig:
+    """Everything a run of study 003 depends on (paper values in brackets; ``config.yaml`` replays a run).
+
+    Data:
+        layout: how ``data`` is laid out: folders (one per class), eyepacs (trainLabels.csv), messidor (sheet as
+            CSV), chexpert, csv, npz.
+        data: the labeled source (folder, CSV or .npz); ``None`` with ``synthetic_patients > 0``: generated
+            fundus photos (the demo).
+        image_dir: where the CSV's images are (default: next to the CSV).
+        task: auto (referable_dr for eyepacs/messidor, the classes as given otherwise) or a task name of
+            kd_keras.data.tasks (any binary task; DR grades become referable DR).
+        extra_tests: more test sets, each a messidor CSV as CSV[:IMAGE_DIR] or a class-folder root.
+        synthetic_patients: patients of the generated fundus data when ``data`` is None (demo 60, smoke 12).
+        synthetic_difficulty: lesion difficulty of the generated data, 0 (obvious) to 1.
+        labeled_fraction: share of the training patients whose labels are used [0.02]; the rest is the pool.
+        test_fraction: share of the patients held out as the test set.
+
+    Models:
+        image_size: [299]. channels: image channels.
+        teacher: [ResNet50]. teacher_weights: initialisation before SimCLR (imagenet, a file, or none).
+        student: [DenseNet-161 -> densenet121 here]. student_weights: imagenet, a file, or none.
+        fundus_crop: crop the black border of fundus photos before resizing.
+
+    Training:
+        simclr_epochs, simclr_lr, simclr_temperature: SimCLR pretraining [100 epochs, lr 1e-5, batch 64].
+        finetune_epochs, finetune_lr: teacher fine-tuning on the labeled fraction.
+        student_epochs, student_lr: student on the pseudo-labels [200 epochs, SGD 1e-4, batch 32].
+        student_finetune_epochs: student fine-tuning on the fraction [100].
+        pseudo_label_threshold: class 1 where the teacher's positive-class probability is above it [0.5].
+        baseline_epochs, baseline_lr: the supervised, FixMatch and MixMatch baselines.
+        baselines: which baselines to run (supervised, fixmatch, mixmatch).
+        batch_size: examples per batch.
+
+    Evaluation:
+        n_boot: patient-clustered bootstrap replicates of the AUC CIs (0: none).
+        tsne_points: test images in the t-SNE figure.
+        deterministic: deterministic TensorFlow ops (a resumed run ends with the same numbers).
+        seed: the run's one seed.
+    """
+
+    preset: str = "paper"
+    layout: str = "folders"
+    data: str | None = None
+    image_dir: str | None = None
+    task: str = "auto"
+    extra_tests: tuple[str, ...] = ()
+    synthetic_patients: int = 0
+    synthetic_difficulty: float = 0.5
+    image_size: int = 299
+    channels: int = 3
+    labeled_fraction: float = 0.02
+    test_fraction: float = 0.2
+    teacher: str = "resnet50"
+    teacher_weights: str | None = "imagenet"
+    student: str = "densenet121"
+    student_weights: str | None = "imagenet"
+    simclr_epochs: int = 100
+    simclr_lr: float = 1e-4
+    simclr_temperature: float = 0.1
+    finetune_epochs: int = 30
+    finetune_lr: float = 1e-4
+    student_epochs: int = 50
+    student_lr: float = 1e-4
+    student_finetune_epochs: int = 30
+    pseudo_label_threshold: float = 0.5
+    baseline_epochs: int = 30
+    baseline_lr: float = 1e-4
+    baselines: tuple[str, ...] = BASELINES
+    batch_size: int = 32
+    fundus_crop: bool = True
+    n_boot: int = 500
+    tsne_points: int = 500
+    deterministic: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        # "none" on the command line or in a file means no initial weights.
+        for name in ("teacher_weights", "student_weights"):
+            value = getattr(self, name)
+            if value is None or str(value).strip().lower() in ("none", ""):
+                setattr(self, name, None)
+        if self.preset not in PRESETS:
+            raise SimCLRError(f"--preset must be one of {list(PRESETS)}, got {self.preset!r}")
+        if self.layout not in LAYOUTS:
+            raise SimCLRError(f"--layout must be one of {LAYOUTS}, got {self.layout!r}")
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise SimCLRError(f"--baselines: unknown {unknown[0]!r}; choose from {', '.join(BASELINES)}")
+        self.baselines = tuple(dict.fromkeys(self.baselines))
+        for name in ("labeled_fraction", "test_fraction", "pseudo_label_threshold"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise SimCLRError(f"--{name.replace('_', '-')} must be in (0, 1), got {getattr(self, name)}")
+        if self.image_size < 32:
+            raise SimCLRError(f"--image-size must be at least 32 (model contract), got {self.image_size}")
+        if self.channels not in (1, 3):
+            raise SimCLRError(f"--channels must be 1 or 3, got {self.channels}")
+        epochs = ("simclr_epochs", "finetune_epochs", "student_epochs", "student_finetune_epochs", "baseline_epochs")
+        for name in (*epochs, "batch_size"):
+            if getattr(self, name) < 1:
+                raise SimCLRError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.synthetic_patients < 0 or self.n_boot < 0 or self.tsne_points < 2:
+            raise SimCLRError("--synthetic-patients and --n-boot must be >= 0 and --tsne-points >= 2")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Study 003's protocol on real data (the dataclass defaults): give --data.
+    "paper": {},
+    # `--demo`: the old script's DEMO dict and DEMO_PATIENTS, unchanged.
+    "demo": dict(
+        synthetic_patients=60, image_size=64, teacher_weights=None, student_weights=None, labeled_fraction=0.2,
+        simclr_epochs=3, finetune_epochs=4, student_epochs=3, student_finetune_epochs=3, baseline_epochs=4,
+        batch_size=16, simclr_lr=1e-3, finetune_lr=1e-3, student_lr=1e-2, baseline_lr=1e-3, n_boot=100,
+        tsne_points=200,
+    ),
+    # `--demo --tiny` / KD_KERAS_TINY=1: the old TINY dict and TINY_PATIENTS; CI only. Small zoo networks instead
+    # of ResNet50/DenseNet keep it short (the protocol and its plumbing are the same). SimCLR gets 2 epochs so
+    # the resume test can kill a training between its two epochs.
+    "smoke": dict(
+        synthetic_patients=12, image_size=32, teacher_weights=None, student_weights=None, labeled_fraction=0.3,
+        simclr_epochs=2, finetune_epochs=1, student_epochs=1, student_finetune_epochs=1, baseline_epochs=1,
+        batch_size=8, simclr_lr=1e-3, finetune_lr=1e-3, student_lr=1e-2, baseline_lr=1e-3, n_boot=0,
+        tsne_points=40, test_fraction=0.3, teacher="simple10", student="vgg16_d4",
+    ),
+}
+
+
+def adjust_settings(values: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """``--demo`` is ``--preset demo``; ``--demo --tiny`` (or ``--demo`` with ``KD_KERAS_TINY=1``) is
+    ``--preset smoke``: the preset's values are swapped in, the options given explicitly kept."""
+    demo = bool(values.pop("_demo", False))
+    tiny = bool(values.pop("_tiny", False)) or os.environ.get("KD_KERAS_TINY") == "1"
+    if not demo:
+        return values
+    target = "smoke" if tiny else "demo"
+    given = {k: v for k, v in values.items() if k in explicit and not k.startswith("_") and k != "preset"}
+    return {**PRESETS[target], **given, "preset": target}
+
+
+# The options of `python experiments/simclr_distill.py` that are not simply --<setting>.
+FLAGS = (
+    Flag(("--demo",), {"action": "store_true", "help": "generated fundus data, demo sizes (= --preset demo)"},
+         lambda v: {"_demo": True} if v else {}),
+    Flag(("--tiny",), {"action": "store_true", "help": "with --demo: CI smoke sizes (= --preset smoke; also "
+                                                        "KD_KERAS_TINY=1)"},
+         lambda v: {"_tiny": True} if v else {}),
+    Flag(("--extra-test",), {"action": "append", "metavar": "CSV[:IMAGE_DIR]|FOLDER",
+                             "help": "another test set: messidor CSV as CSV[:IMAGE_DIR], or a class-folder root"},
+         lambda v: {"extra_tests": tuple(v)}),
+    Flag(("--baselines",), {"nargs": "*", "choices": BASELINES, "help": "baselines to run (none: no baselines)"},
+         lambda v: {"baselines": tuple(v)}),
+)

@@ -1,0 +1,349 @@
+"""Data and stages of study 003: SimCLR, teacher fine-tune, pseudo-labels, student, student fine-tune, baselines,
+evaluation and t-SNE.
+
+Each stage function takes the :class:`~kd_keras.runner.RunContext` and returns the JSON-ready result that the
+runner records. Every training goes through :func:`kd_keras.engine.train` with ``directory=ctx.run_dir(stage)``
+(a killed training resumes from its checkpoint) and saves its model as ``models/<name>.keras``, which later
+stages load; each model is built right after seeding with ``config.seed``, so a resumed run ends as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kd_keras.data.records import Records
+from kd_keras.runner import RunContext
+from kd_keras.studies.simclr_config import SimCLRConfig, SimCLRError
+
+__all__ = ["SimCLRData", "baseline_stage", "evaluation_stage", "load_records", "plot_tsne", "prepare_data",
+           "pseudo_label_stage", "simclr_stage", "student_finetune_stage", "student_pseudo_stage",
+           "teacher_finetune_stage", "tsne_stage"]
+
+TEST = "test"
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class SimCLRData:
+    """The run's data: the labeled fraction, the pool (its labels only score the pseudo-labels) and test sets."""
+
+    records: Records
+    labeled: Records
+    pool: Records
+    tests: dict[str, Records] = field(default_factory=dict)
+
+    def split(self) -> dict[str, int]:
+        return {"labeled": len(self.labeled), "pool": len(self.pool), **{k: len(v) for k, v in self.tests.items()}}
+
+
+def load_records(layout: str, path: str, image_dir: str | None = None, task: str = "auto") -> Records:
+    """A labeled source as a binary task (DR grades become referable DR).
+
+    Args:
+        layout: one of :data:`~kd_keras.studies.simclr_config.LAYOUTS`.
+        path: the folder, CSV or ``.npz`` file.
+        image_dir: where a CSV's images are (default: next to it).
+        task: ``"auto"`` (referable DR for eyepacs/messidor, the classes as given otherwise) or a task name of
+            :func:`kd_keras.data.tasks.apply_task`.
+
+    Example:
+        >>> records = load_records("eyepacs", "trainLabels.csv", "train")
+    """
+    from kd_keras.data import sources, tasks
+
+    readers: dict[str, Callable[[], Records]] = {
+        "folders": lambda: sources.from_class_folders(path),
+        "eyepacs": lambda: sources.eyepacs(path, image_dir),
+        "messidor": lambda: sources.messidor(path, image_dir),
+        "chexpert": lambda: sources.chexpert(path, image_dir),
+        "csv": lambda: sources.from_csv(path, image_dir),
+        "npz": lambda: sources.from_npz(path),
+    }
+    try:
+        records = readers[layout]()
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        raise SimCLRError(f"--data {path} ({layout}): {str(error).strip() or type(error).__name__}") from None
+    if task == "auto":
+        task = "referable_dr" if layout in ("eyepacs", "messidor") else ""
+    try:
+        if task:
+            records = tasks.apply_task(records, task)
+        if records.task != "binary" and len(records.class_names) != 2:
+            records = tasks.referable_dr(records)  # DR grades (or another grading) -> referable or not
+    except (KeyError, ValueError) as error:
+        raise SimCLRError(f"--data {path}: task {task or 'auto'}: {str(error).strip()}") from None
+    if len(records.class_names) != 2:
+        raise SimCLRError(f"--data {path}: study 003 needs a binary task, got classes {list(records.class_names)}")
+    return records
+
+
+def prepare_data(config: SimCLRConfig, out: Path, say: Callable[[str], None] = print) -> SimCLRData:
+    """Load (or generate) the records and split them by patient: test, labeled fraction, pool."""
+    from kd_keras.data.splits import split_by_patient
+
+    if config.data is None:
+        from kd_keras.data import sources, tasks
+        from kd_keras.data.synthetic_fundus import SyntheticFundusConfig, generate_synthetic_fundus
+
+        root = generate_synthetic_fundus(out / "data" / "fundus", SyntheticFundusConfig(
+            patients=config.synthetic_patients, image_size=max(64, config.image_size), seed=config.seed,
+            difficulty=config.synthetic_difficulty))
+        records = tasks.referable_dr(sources.eyepacs(root / "trainLabels.csv", root / "train"))
+    else:
+        records = load_records(config.layout, config.data, config.image_dir, config.task)
+    extra = {}
+    for spec in config.extra_tests:
+        path, _, image_dir = spec.partition(":")
+        layout = "folders" if Path(path).is_dir() else "messidor"
+        extra[Path(path).stem] = load_records(layout, path, image_dir or None)
+    say(f"{len(records)} images {records.class_counts()}")
+    f, lf = config.test_fraction, config.labeled_fraction
+    parts = split_by_patient(records, fractions=(1 - f, f), names=("train", "test"), seed=config.seed)
+    inner = split_by_patient(parts["train"], fractions=(lf, 1 - lf), names=("labeled", "pool"), seed=config.seed)
+    pool = dataclasses.replace(inner["pool"], labeled=np.zeros(len(inner["pool"]), bool))  # labels never used
+    return SimCLRData(records=records, labeled=inner["labeled"], pool=pool, tests={TEST: parts["test"], **extra})
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def seed_model(ctx: RunContext) -> None:
+    """Seed before building a model: once with deterministic ops, then the global seed again for each model."""
+    import keras
+
+    from kd_keras.engine import seed_everything
+
+    if not ctx.state.get("seeded"):
+        seed_everything(ctx.config.seed, deterministic=ctx.config.deterministic)
+        ctx.state["seeded"] = True
+    keras.utils.set_random_seed(int(ctx.config.seed))
+
+
+def _preprocess(config: SimCLRConfig):
+    from kd_keras.data.preprocess import PreprocessConfig
+
+    return PreprocessConfig(image_size=(config.image_size, config.image_size), channels=config.channels,
+                            fundus_crop=config.fundus_crop)
+
+
+def _weak(config: SimCLRConfig):
+    from kd_keras.data.augment import build_augmenter
+
+    return build_augmenter(flip="horizontal", rotation_degrees=0.0, vertical_shift=0.0, brightness=0.1,
+                           contrast=0.1, seed=config.seed)
+
+
+def _strong(config: SimCLRConfig, offset: int):
+    from kd_keras.data.augment import build_simclr_augmenter
+
+    return build_simclr_augmenter(channels=config.channels, image_size=config.image_size, seed=config.seed + offset)
+
+
+def _build(name: str, weights: str | None, config: SimCLRConfig):
+    from kd_keras.models import build_model
+
+    return build_model(name, (config.image_size, config.image_size, config.channels), num_classes=2,
+                       weights=weights)
+
+
+def _train(ctx: RunContext, stage: str, model_name: str, model, make_stream, *, steps: int | None, epochs: int,
+           learning_rate: float, objective: str | dict = "hard_label", optimizer: str = "adam") -> dict[str, Any]:
+    """One resumable training in ``ctx.run_dir(stage)``; saves ``models/<model_name>.keras``; returns the recorded
+    summary."""
+    import keras
+
+    from kd_keras.engine import get_objective, train
+
+    ctx.say(f"{stage}: {epochs} epochs, lr {learning_rate:g}, {optimizer}")
+    result = train(model, make_stream, epochs=epochs, steps_per_epoch=steps, learning_rate=learning_rate,
+                   optimizer=optimizer, objective=objective, directory=ctx.run_dir(stage), metrics=None,
+                   bn_batches=5)
+    path = ctx.path("models", f"{model_name}.keras")
+    result.model.save(path)
+    keras.backend.clear_session(free_memory=True)
+    name = get_objective(objective).name
+    return {"objective": get_objective(objective).get_config() | {"name": name}, "epochs": epochs,
+            "loss": [float(v) for v in result.losses], "model_path": str(path),
+            "seconds": round(result.seconds, 2)}
+
+
+def _stream(ctx: RunContext, records: Records, augmenter: Callable[[], Any], *, labels=None,
+            view2: Callable[[], Any] | None = None):
+    """A function building the training stream over ``records`` (fresh augmenters each time) and its steps."""
+    from kd_keras.engine import train_stream
+
+    config = ctx.config
+
+    def make():
+        return train_stream(records, _preprocess(config), config.batch_size, augmenter=augmenter(),
+                            view2_augmenter=view2() if view2 else None, seed=config.seed, labels=labels)
+
+    return make, max(1, math.ceil(len(records) / config.batch_size))
+
+
+def _load(ctx: RunContext, stage: str):
+    from kd_keras.models import load_model
+
+    return load_model(ctx.outputs[stage]["model_path"])
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def simclr_stage(ctx: RunContext) -> dict[str, Any]:
+    """1. SimCLR on every training image (labels unused): the teacher's encoder."""
+    from kd_keras.data import pipeline
+
+    config, data = ctx.config, ctx.data
+    seed_model(ctx)
+    teacher = _build(config.teacher, config.teacher_weights, config)
+    everything = pipeline.mixed_records(data.labeled, data.pool)
+    make, steps = _stream(ctx, everything, lambda: _strong(config, 1), view2=lambda: _strong(config, 2))
+    return _train(ctx, "simclr", "teacher_simclr", teacher, make, steps=steps, epochs=config.simclr_epochs,
+                  learning_rate=config.simclr_lr,
+                  objective={"name": "simclr", "temperature": config.simclr_temperature})
+
+
+def teacher_finetune_stage(ctx: RunContext) -> dict[str, Any]:
+    """2. The SimCLR teacher fine-tuned on the labeled fraction."""
+    config = ctx.config
+    seed_model(ctx)
+    make, steps = _stream(ctx, ctx.data.labeled, lambda: _weak(config))
+    return _train(ctx, "teacher_finetune", "teacher", _load(ctx, "simclr"), make, steps=steps,
+                  epochs=config.finetune_epochs, learning_rate=config.finetune_lr)
+
+
+def _pseudo_labels(ctx: RunContext):
+    from kd_keras.engine import pseudo_label_pool
+
+    data = ctx.data
+    return pseudo_label_pool(ctx.outputs["teacher_finetune"]["model_path"], data.labeled, data.pool,
+                             _preprocess(ctx.config), ctx.out / "teacher_cache", batch_size=64,
+                             threshold=ctx.config.pseudo_label_threshold)
+
+
+def pseudo_label_stage(ctx: RunContext) -> dict[str, Any]:
+    """3a. The teacher labels the pool (positive-class probability above the threshold), cached on disk."""
+    labels = _pseudo_labels(ctx)
+    pool = ctx.data.pool
+    summary = labels.summary(pool.class_names)
+    summary.update(positive=int(labels.pool_labels.sum()), total=int(len(labels.pool_labels)),
+                   agreement_with_hidden_labels=float(np.mean(labels.pool_labels == pool.labels)))
+    ctx.say(f"pseudo-labels: {summary['positive']} of {summary['total']} positive; "
+            f"{100 * summary['agreement_with_hidden_labels']:.1f}% agree with the hidden labels")
+    return summary
+
+
+def student_pseudo_stage(ctx: RunContext) -> dict[str, Any]:
+    """3b. The student trained on the pool with the teacher's pseudo-labels (SGD)."""
+    config = ctx.config
+    labels = _pseudo_labels(ctx).pool_labels  # read back from the teacher cache
+    seed_model(ctx)
+    student = _build(config.student, config.student_weights, config)
+    make, steps = _stream(ctx, ctx.data.pool, lambda: _weak(config), labels=labels)
+    return _train(ctx, "student_pseudo", "student_pseudo", student, make, steps=steps,
+                  epochs=config.student_epochs, learning_rate=config.student_lr, optimizer="sgd")
+
+
+def student_finetune_stage(ctx: RunContext) -> dict[str, Any]:
+    """4. The student fine-tuned on the labeled fraction (SGD)."""
+    config = ctx.config
+    seed_model(ctx)
+    make, steps = _stream(ctx, ctx.data.labeled, lambda: _weak(config))
+    return _train(ctx, "student_finetune", "student", _load(ctx, "student_pseudo"), make, steps=steps,
+                  epochs=config.student_finetune_epochs, learning_rate=config.student_lr, optimizer="sgd")
+
+
+def baseline_stage(ctx: RunContext, name: str) -> dict[str, Any]:
+    """A baseline with the teacher's architecture: supervised on the fraction, or FixMatch / MixMatch with the
+    pool."""
+    from kd_keras.data import pipeline
+
+    config, data = ctx.config, ctx.data
+    seed_model(ctx)
+    model = _build(config.teacher, config.teacher_weights, config)
+    if name == "supervised":
+        make, steps = _stream(ctx, data.labeled, lambda: _weak(config))
+        objective: str | dict = "hard_label"
+    else:
+        def make():
+            return pipeline.make_mixed_dataset(data.labeled, data.pool, _preprocess(config), config.batch_size,
+                                               seed=config.seed, augmenter=_weak(config),
+                                               view2_augmenter=_strong(config, 1), cache=False)
+
+        steps, objective = None, {"name": name}  # one pass over labeled + pool, counted once
+    return _train(ctx, f"baseline-{name}", name, model, make, steps=steps, epochs=config.baseline_epochs,
+                  learning_rate=config.baseline_lr, objective=objective)
+
+
+def model_stages(config: SimCLRConfig) -> dict[str, str]:
+    """Evaluated method -> the stage whose model it is."""
+    return {**{b: f"baseline-{b}" for b in config.baselines}, "teacher": "teacher_finetune",
+            "student": "student_finetune"}
+
+
+def evaluation_stage(ctx: RunContext) -> dict[str, Any]:
+    """Every model on every test set: AUC and accuracy with patient-clustered bootstrap CIs."""
+    import keras
+
+    from kd_keras.engine import evaluate_model
+
+    config = ctx.config
+    pre = _preprocess(config)
+    result = {}
+    for method, stage in model_stages(config).items():
+        model = _load(ctx, stage)
+        result[method] = {t: evaluate_model(model, r, pre, n_boot=config.n_boot, seed=config.seed)
+                          for t, r in ctx.data.tests.items()}
+        keras.backend.clear_session(free_memory=True)
+    return result
+
+
+def tsne_stage(ctx: RunContext) -> dict[str, Any]:
+    """Fig. 4: the t-SNE of the student's and the teacher's embeddings on the test set."""
+    models = {"teacher": _load(ctx, "teacher_finetune"), "student": _load(ctx, "student_finetune")}
+    path = plot_tsne(models, ctx.data.tests[TEST], ctx.config, ctx.path("tsne.png"))
+    return {"path": str(path)}
+
+
+def plot_tsne(models: dict[str, Any], records: Records, config: SimCLRConfig, path: Path) -> Path:
+    """t-SNE of the pooled ``features`` of each model on ``records``, coloured by the label."""
+    import keras
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    from kd_keras.engine import predict
+    from kd_keras.models import with_taps
+
+    rng = np.random.default_rng(config.seed)
+    keep = np.sort(rng.permutation(len(records))[: config.tsne_points])
+    subset = records.subset(keep)
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4.5), squeeze=False)
+    for ax, (name, model) in zip(axes[0], models.items(), strict=True):
+        tapped = with_taps(model, ["features"])
+        out = predict(keras.Model(tapped.input, tapped.output[1]), subset, _preprocess(config))
+        feats = out.logits
+        perplexity = float(min(30, max(2, (len(feats) - 1) // 3)))
+        emb = TSNE(n_components=2, perplexity=perplexity, random_state=config.seed, init="pca").fit_transform(feats)
+        labels = subset.labels[out.indices]
+        for value, colour in ((0, "tab:blue"), (1, "tab:red")):
+            ax.scatter(*emb[labels == value].T, s=8, c=colour, label=subset.class_names[value])
+        ax.set_title(f"t-SNE of {name} embeddings")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
