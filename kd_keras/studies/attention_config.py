@@ -1,0 +1,218 @@
+"""Settings of study 004 (attention transfer): one dataclass, its presets and the command's own options.
+
+Presets: ``"paper"`` (the default) is the study's protocol (256 px, ImageNet DenseNet-121 teacher and students,
+Adam 5e-5 halved every 16 epochs, 128 epochs; needs ``--data``); ``"demo"`` is what ``--demo`` runs (synthetic
+fundus photographs, DenseNet-40 only, about 7 minutes on 2 CPU cores); ``"smoke"`` is ``--demo --tiny`` (CI:
+seconds of training at 32 px). Every setting is also a ``kd-keras run attention`` option, a config-file key and
+a ``--set`` key (:mod:`kd_keras.config`).
+
+Example:
+
+```python
+from kd_keras.config import resolve_config
+from kd_keras.studies.attention_config import PRESETS, ATConfig
+
+config = resolve_config(ATConfig, PRESETS, preset="demo", sets=["betas=[1, 30]"])
+```
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from kd_keras.runner import Flag, RunError
+
+if TYPE_CHECKING:
+    import keras
+
+__all__ = ["DEMO_TASKS", "FLAGS", "LAYOUTS", "PRESETS", "STUDENT_TAPS", "TEACHER_TAP", "ATConfig", "StudyError",
+           "adjust_settings", "schedule"]
+
+TEACHER_TAP = "conv5_block16_2_conv"  # DenseNet-121: the last dense layer's 32-plane map (004 Fig. 2)
+STUDENT_TAPS = {"densenet121": TEACHER_TAP, "densenet40": "stage3"}
+LAYOUTS = ("folders", "eyepacs", "messidor", "chexpert", "csv", "npz")
+DEMO_TASKS = ("multiclass", "binary", "multilabel")
+VARIANTS = ("paper", "zagoruyko")
+
+
+class StudyError(RunError):
+    """A problem the user can fix (bad option, data, teacher file); ``str(error)`` is one line."""
+
+
+@dataclass
+class ATConfig:
+    """Everything a run of study 004 depends on (recorded in ``config.yaml``; ``--resume`` refuses another one).
+
+    Args:
+        preset: the named settings the run started from (``paper``, ``demo``, ``smoke``).
+        layout: the labeled data's layout: folders, eyepacs, messidor, chexpert, csv or npz.
+        data: the labeled data (folder, CSV or .npz); none with ``demo_patients`` > 0 (synthetic fundus).
+        image_dir: where the CSV's images are (default: next to the CSV).
+        task: auto (DR grades for DR layouts, multi-label for CheXpert) or a kd_keras.data.tasks name.
+        uncertain: CheXpert -1 labels: zeros (paper), ones or ignore.
+        demo_task: the synthetic data's task: multiclass (DR grades), binary (referable) or multilabel
+            (CheXpert-style with uncertain -1 labels).
+        demo_patients: patients of synthetic fundus photographs (two images each); 0: use ``data``.
+        image_size: input side in pixels (the paper: 256; DenseNet-40's attention map is then 8x8).
+        channels: input channels.
+        teacher_weights: imagenet, none (random), a weights file, or a .keras teacher.
+        teacher_epochs: fine-tune the teacher here first with hard labels (0: use it as given).
+        teacher_lr: the teacher's learning rate (Adam).
+        students: densenet121 and/or densenet40.
+        student_weights: imagenet or none (DenseNet-40 takes DenseNet-121's first blocks).
+        betas: the grid of beta (1/beta weighs L_AT; the paper searched 1..2000), chosen by validation AUC.
+        train_fractions: the training-set-size sweep, fractions of the training patients.
+        epochs: epochs of every student run (the best by validation AUC is kept; paper: at most 128).
+        batch_size: examples per batch (paper: 32).
+        learning_rate: Adam's first learning rate (paper: 5e-5).
+        halve_every_epochs: the learning rate is halved every this many epochs (paper: 16).
+        variant: L_AT as the paper (per-plane, eq. 1) or zagoruyko (the authors' code).
+        curve_points: validation points per student run (the learning curves: AUC against step).
+        split: patient-level train/val/test fractions.
+        clahe: CLAHE contrast equalisation in preprocessing.
+        n_boot: patient-clustered bootstrap replicates of the test CIs (0: none).
+        seed: the run's one seed.
+    """
+
+    preset: str = "paper"
+    layout: str = "folders"
+    data: str | None = None
+    image_dir: str | None = None
+    task: str = "auto"
+    uncertain: str = "zeros"
+    demo_task: str = "multiclass"
+    demo_patients: int = 0
+    image_size: int = 256
+    channels: int = 3
+    teacher_weights: str = "imagenet"
+    teacher_epochs: int = 0
+    teacher_lr: float = 1e-4
+    students: tuple[str, ...] = ("densenet121", "densenet40")
+    student_weights: str = "imagenet"
+    betas: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)
+    train_fractions: tuple[float, ...] = (0.1, 0.5, 1.0)
+    epochs: int = 128
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    halve_every_epochs: int = 16
+    variant: str = "paper"
+    curve_points: int = 16
+    split: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    clahe: bool = False
+    n_boot: int = 200
+    seed: int = 0
+
+    def __post_init__(self):
+        self.teacher_weights = "none" if self.teacher_weights is None else str(self.teacher_weights)
+        self.student_weights = "none" if self.student_weights is None else str(self.student_weights)
+        checks = [
+            (self.preset in PRESETS, f"--preset must be one of {tuple(PRESETS)}, got {self.preset!r}"),
+            (self.layout in LAYOUTS, f"--layout must be one of {LAYOUTS}, got {self.layout!r}"),
+            (self.uncertain in ("zeros", "ones", "ignore"),
+             f"--uncertain must be zeros, ones or ignore, got {self.uncertain!r}"),
+            (self.demo_task in DEMO_TASKS, f"--demo-task must be one of {DEMO_TASKS}, got {self.demo_task!r}"),
+            (self.demo_patients >= 0, f"--demo-patients must be >= 0, got {self.demo_patients}"),
+            (not (self.demo_patients and self.data), "give either --data or the synthetic demo data (--demo / "
+             f"--demo-patients), not both (--data {self.data!r}, --demo-patients {self.demo_patients})"),
+            (self.image_size >= 32, f"--image-size must be at least 32, got {self.image_size}"),
+            (self.channels in (1, 3), f"--channels must be 1 or 3, got {self.channels}"),
+            (self.student_weights in ("imagenet", "none"),
+             f"--student-weights must be imagenet or none, got {self.student_weights!r}"),
+            (self.teacher_epochs >= 0, f"--teacher-epochs must be >= 0, got {self.teacher_epochs}"),
+            (bool(self.students) and all(s in STUDENT_TAPS for s in self.students),
+             f"--students must be among {tuple(STUDENT_TAPS)}, got {list(self.students)}"),
+            (bool(self.betas) and all(b > 0 for b in self.betas),
+             f"--betas must be positive numbers, got {list(self.betas)}"),
+            (bool(self.train_fractions) and all(0 < f <= 1 for f in self.train_fractions),
+             f"--train-fractions must be in (0, 1], got {list(self.train_fractions)}"),
+            (self.epochs >= 1 and self.batch_size >= 1 and self.halve_every_epochs >= 1,
+             "--epochs, --batch-size and --halve-every-epochs must be >= 1, got "
+             f"{self.epochs}, {self.batch_size}, {self.halve_every_epochs}"),
+            (self.learning_rate > 0 and self.teacher_lr > 0,
+             f"--learning-rate and --teacher-lr must be > 0, got {self.learning_rate}, {self.teacher_lr}"),
+            (self.variant in VARIANTS, f"--variant must be one of {VARIANTS}, got {self.variant!r}"),
+            (self.curve_points >= 0 and self.n_boot >= 0,
+             f"--curve-points and --n-boot must be >= 0, got {self.curve_points}, {self.n_boot}"),
+            (len(self.split) == 3 and min(self.split) > 0 and abs(sum(self.split) - 1) < 1e-6,
+             f"--split must be three positive fractions summing to 1, got {list(self.split)}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise StudyError(message)
+
+    @property
+    def teacher_weights_arg(self) -> str | None:
+        """``teacher_weights`` as the model builders take it (``None``: random)."""
+        return None if self.teacher_weights.lower() == "none" else self.teacher_weights
+
+    @property
+    def student_weights_arg(self) -> str | None:
+        return None if self.student_weights.lower() == "none" else self.student_weights
+
+    def preprocess(self):
+        """The :class:`~kd_keras.data.preprocess.PreprocessConfig` of every model of the run."""
+        from kd_keras.data.preprocess import PreprocessConfig
+
+        return PreprocessConfig(image_size=(self.image_size, self.image_size), channels=self.channels,
+                                clahe=self.clahe)
+
+
+def schedule(config: ATConfig, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Adam's learning rate: ``learning_rate`` halved every ``halve_every_epochs`` epochs (staircase).
+
+    Example:
+        >>> float(schedule(ATConfig(), steps_per_epoch=10)(160))  # 16 epochs of 10 steps: halved once
+        2.5e-05
+    """
+    import keras
+
+    return keras.optimizers.schedules.ExponentialDecay(
+        config.learning_rate, decay_steps=max(1, config.halve_every_epochs * steps_per_epoch), decay_rate=0.5,
+        staircase=True,
+    )
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Study 004 as published: the dataclass defaults (ImageNet DenseNet-121 teacher, both students, 256 px).
+    "paper": {},
+    # `--demo`: synthetic fundus photographs (60 patients), a teacher trained here from scratch (no ImageNet
+    # offline) and a larger learning rate than the paper's 5e-5 (few epochs). DenseNet-40 only: each DenseNet-121
+    # student run took about 90 s on 2 cores (DenseNet-40: 45 s), so both would need about 16 minutes;
+    # --students densenet121 densenet40 runs both (docs/demos.md).
+    "demo": dict(
+        demo_patients=60, image_size=64, teacher_weights="none", teacher_epochs=4, teacher_lr=1e-3,
+        student_weights="none", students=("densenet40",), betas=(1.0, 100.0), train_fractions=(0.5, 1.0),
+        epochs=6, batch_size=16, learning_rate=1e-3, halve_every_epochs=4, curve_points=8, n_boot=100,
+    ),
+    # `--demo --tiny` (KD_KERAS_TINY=1): CI; everything runs, nothing is learned. Two student epochs so that a
+    # killed student run resumes mid-training from its epoch-end checkpoint (tests/test_study_004.py).
+    "smoke": dict(
+        demo_patients=12, image_size=32, teacher_weights="none", teacher_epochs=0, student_weights="none",
+        students=("densenet40",), betas=(10.0,), train_fractions=(1.0,), epochs=2, batch_size=16,
+        learning_rate=1e-3, halve_every_epochs=1, curve_points=2, n_boot=0, split=(0.6, 0.2, 0.2),
+    ),
+}
+
+
+def adjust_settings(values: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """``--demo`` is ``--preset demo`` and ``--demo --tiny`` (or ``--demo`` with ``KD_KERAS_TINY=1``) is
+    ``--preset smoke``: the preset's values under every setting the user gave."""
+    demo = values.pop("_demo", False)
+    tiny = values.pop("_tiny", False) or os.environ.get("KD_KERAS_TINY") == "1"
+    if not demo:
+        return values
+    target = "smoke" if tiny else "demo"
+    given = {k: values[k] for k in explicit if k in values and not k.startswith("_") and k != "preset"}
+    return {**PRESETS[target], **given, "preset": target}
+
+
+# The options of `python experiments/attention_transfer.py` that are not simply --<setting>.
+FLAGS = (
+    Flag(("--demo",), {"action": "store_true", "help": "the embedded demo: --preset demo (synthetic fundus)"},
+         lambda v: {"_demo": True} if v else {}),
+    Flag(("--tiny",), {"action": "store_true", "help": "with --demo: CI smoke-test sizes, --preset smoke "
+                                                         "(also KD_KERAS_TINY=1)"},
+         lambda v: {"_tiny": True} if v else {}),
+)

@@ -1,0 +1,167 @@
+"""The report of study 004 from its ``results.json``: test AUC by training-set size, the beta grid, the learning
+curves (the paper's Fig. 4), AUC against training-set size (Fig. 3) and the over-fitting figures.
+
+Every function reads only ``results`` (the settings are ``results["config"]``), so a report can be rebuilt from a
+finished run's ``results.json``.
+
+Example:
+
+```python
+import json
+from kd_keras.studies import attention_report
+
+results = json.loads(open("runs/attention_transfer/results.json").read())
+attention_report.write_report(results, Path("runs/attention_transfer"))
+```
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kd_keras.engine.predict import estimate
+from kd_keras.evaluation.report import format_ci, markdown_table
+
+__all__ = ["plot_curves", "plot_sizes", "report_text", "selected", "summary_lines", "table_betas", "table_sizes",
+           "write_report"]
+
+
+def selected(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs whose test results are reported: TL and the AT run with the beta chosen on validation."""
+    return [r for r in results["runs"] if r.get("selected")]
+
+
+def table_sizes(results: dict[str, Any]) -> str:
+    """Table IV/V-like: test AUC [95% CI] per training size, student and method (TL; AT with the chosen beta)."""
+    config = results["config"]
+    headers = ["train images"]
+    for s in config["students"]:
+        headers += [f"{s} TL", f"{s} AT (beta)"]
+    rows = []
+    for fraction in config["train_fractions"]:
+        runs = [r for r in selected(results) if r["fraction"] == fraction]
+        row = [str(runs[0]["train"]) if runs else "?"]
+        for s in config["students"]:
+            tl = next((r for r in runs if r["student"] == s and r["method"] == "tl"), None)
+            at = next((r for r in runs if r["student"] == s and r["method"] == "at"), None)
+            row.append(format_ci(tl["test"]["auc"]) if tl else "-")
+            row.append(f"{format_ci(at['test']['auc'])} ({at['beta']:g})" if at else "-")
+        rows.append(row)
+    return markdown_table(headers, rows)
+
+
+def table_betas(results: dict[str, Any]) -> str:
+    """Validation AUC (best epoch) of every beta of the grid, per size and student."""
+    config = results["config"]
+    headers = ["train images", "student", "TL", *[f"beta={b:g}" for b in config["betas"]]]
+    rows = []
+    for fraction in config["train_fractions"]:
+        for s in config["students"]:
+            runs = [r for r in results["runs"] if r["fraction"] == fraction and r["student"] == s]
+            if not runs:
+                continue
+            cells = {("tl" if r["method"] == "tl" else r["beta"]): r["val_auc"] for r in runs}
+            rows.append([runs[0]["train"], s, f"{100 * cells['tl']:.2f}",
+                         *[f"{100 * cells[b]:.2f}" if b in cells else "-" for b in config["betas"]]])
+    return markdown_table(headers, rows)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(results: dict[str, Any], path: Path) -> Path:
+    """Fig. 4: validation AUC against training step, TL vs AT (chosen beta), per student, smallest size."""
+    plt = _pyplot()
+    config = results["config"]
+    students = config["students"]
+    fraction = min(config["train_fractions"])
+    fig, axes = plt.subplots(1, len(students), figsize=(5 * len(students), 4), squeeze=False)
+    for ax, s in zip(axes[0], students, strict=True):
+        for r in selected(results):
+            if r["fraction"] == fraction and r["student"] == s:
+                steps, aucs = zip(*r["log"]["curve"], strict=True) if r["log"]["curve"] else ((), ())
+                label = "TL" if r["method"] == "tl" else f"AT (beta={r['beta']:g})"
+                ax.plot(steps, aucs, marker=".", label=label)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("validation AUC")
+        ax.set_title(f"{s}, {fraction:g} of the training set")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_sizes(results: dict[str, Any], path: Path) -> Path:
+    """Test AUC against training-set size (the paper's Fig. 3), TL and AT per student."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for s in results["config"]["students"]:
+        for method in ("tl", "at"):
+            runs = sorted((r for r in selected(results) if r["student"] == s and r["method"] == method),
+                          key=lambda r: r["train"])
+            ax.plot([r["train"] for r in runs], [estimate(r["test"], "auc") for r in runs], marker="o",
+                    label=f"{s} {method.upper()}")
+    ax.set_xscale("log")
+    ax.set_xlabel("training images")
+    ax.set_ylabel("test AUC")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def report_text(results: dict[str, Any]) -> str:
+    """``report.md``'s text: the size/method table, the beta grid, the figures and the over-fitting figures."""
+    config = results["config"]
+    delay = results["overfitting"]
+    lines = [
+        "# Study 004: attention transfer (DenseNet-121 teacher)",
+        "",
+        f"Split (patients) train/val/test: {results['split']}; {config['image_size']} px; teacher weights "
+        f"{config['teacher_weights'] if config['teacher_weights'] != 'none' else 'random'}, fine-tuned here for "
+        f"{config['teacher_epochs']} epochs (test AUC {format_ci(results['teacher']['test']['auc'])}); students "
+        f"{', '.join(config['students'])}; Adam {config['learning_rate']:g} halved every "
+        f"{config['halve_every_epochs']} epochs, {config['epochs']} epochs, best epoch by validation AUC; L_AT "
+        f"variant '{config['variant']}'.",
+        "",
+        "## Test AUC (%) [95% CI] by training-set size (AT: beta chosen on validation)",
+        "",
+        table_sizes(results),
+        "",
+        "## Beta grid: best validation AUC (%)",
+        "",
+        table_betas(results),
+        "",
+        "![learning curves](learning_curves.png) ![AUC vs size](auc_vs_size.png)",
+        "",
+        "## Regularising effect (validation curve): step of the best AUC, drop after it, SD in the second half",
+        "",
+        markdown_table(["run", "best step", "drop after best", "SD 2nd half"],
+                       [[k, v["best_step"], f"{v['drop_after_best']:.3f}", f"{v['sd_second_half']:.3f}"]
+                        for k, v in delay.items()]),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict[str, Any], out: Path) -> Path:
+    """``report.md``, ``learning_curves.png`` and ``auc_vs_size.png`` in ``out``."""
+    out = Path(out)
+    plot_curves(results, out / "learning_curves.png")
+    plot_sizes(results, out / "auc_vs_size.png")
+    path = out / "report.md"
+    path.write_text(report_text(results))
+    return path
+
+
+def summary_lines(results: dict[str, Any]) -> list[str]:
+    """What the run prints at the end: the report's tables (as the script printed them before the runner)."""
+    return report_text(results).rstrip("\n").splitlines()
