@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "run_parser", "run_main"]
+__all__ = ["main", "resolve_run", "run_main", "run_parser"]
 
 COMMANDS = {
     "run": "run a study: oct (002, the main job), dr (000), simclr (003), attention (004)",
@@ -116,26 +116,41 @@ def run_parser(study: Any) -> tuple[argparse.ArgumentParser, list[tuple[str, Cal
     return parser, converters
 
 
-def run_main(name: str, argv: Sequence[str]) -> int:
-    """``kd-keras run <name> ...``."""
-    from kd_keras.config import ConfigError, resolve_config, write_config
+def resolve_run(name: str, argv: Sequence[str]) -> tuple[Any, Any, argparse.Namespace]:
+    """The study, its resolved settings and the parsed options of ``kd-keras run <name> *argv``.
+
+    Raises:
+        KeyError: an unknown study. ConfigError: a setting that cannot be used (one line).
+        SystemExit: argparse's own refusal of a malformed option (status 2, with the usage).
+
+    Example:
+        >>> study, config, args = resolve_run("oct", ["--preset", "smoke", "--set", "image_size=48"])
+    """
+    from kd_keras.config import resolve_config
     from kd_keras.studies import get_study
 
-    try:
-        study = get_study(name)
-    except KeyError as error:
-        return _error(str(error.args[0]))
+    study = get_study(name)
     parser, converters = run_parser(study)
     args = parser.parse_args(list(argv))
     flags: dict[str, Any] = {}
+    for dest, convert in converters:
+        value = getattr(args, dest)
+        if value is not None:
+            flags.update(convert(value))
+    config = resolve_config(study.config_class, study.presets, preset=args.preset, files=args.config,
+                            flags=flags, sets=args.set, study=study.name, adjust=study.adjust)
+    return study, config, args
+
+
+def run_main(name: str, argv: Sequence[str]) -> int:
+    """``kd-keras run <name> ...``."""
+    from kd_keras.config import write_config
+
     try:
-        for dest, convert in converters:
-            value = getattr(args, dest)
-            if value is not None:
-                flags.update(convert(value))
-        config = resolve_config(study.config_class, study.presets, preset=args.preset, files=args.config,
-                                flags=flags, sets=args.set, study=study.name, adjust=study.adjust)
-    except (ConfigError, ValueError) as error:
+        study, config, args = resolve_run(name, argv)
+    except KeyError as error:
+        return _error(str(error.args[0]))
+    except ValueError as error:  # ConfigError and the studies' own checks
         return _error(str(error))
     if args.print_config:
         import tempfile
@@ -246,9 +261,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return zoo_main(rest)
     if command == "cache":
-        from kd_keras.engine.teacher_cache import main as cache_main
+        from kd_keras.engine.teacher_cache import build_main, merge_main
 
-        return cache_main(rest)
+        if not rest or rest[0] not in ("build", "merge"):
+            print("usage: kd-keras cache build ... | kd-keras cache merge ...  (--help after either)")
+            return 0 if rest and rest[0] in ("-h", "--help") else 2
+        return (build_main if rest[0] == "build" else merge_main)(rest[1:])
     return _error(f"unknown command {command!r}; commands: {', '.join(COMMANDS)} (kd-keras --help)")
 
 

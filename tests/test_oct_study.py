@@ -17,23 +17,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kd_keras.cli import main, resolve_run
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "experiments" / "oct_student_teacher.py"
 
 
-def run_script(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_script(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, str(SCRIPT), "--no-progress", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO)
 
 
-def load_cli():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("oct_student_teacher_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def kd_keras_main(argv: list[str]) -> int:
+    """``kd-keras run oct *argv`` in this process."""
+    return main(["run", "oct", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +122,7 @@ def test_resume_skips_finished_stages(smoke_run):
     results = json.loads((out / "results.json").read_text())
     assert {"teacher", "pseudo_labels", "student-mobilenet_wd4-baseline_0", "student-mobilenet_wd4-pseudo_100",
             "evaluation", "export", "latency"} <= set(results["resumed_stages"])
-    assert "resumed: skipped finished stages" in done.stdout
+    assert "finished stages skipped" in done.stdout
     # Same numbers: nothing was retrained.
     assert json.loads(before)["students"] == results["students"]
     # A different configuration in the same folder is refused with one line.
@@ -142,9 +140,8 @@ def test_offline_imagenet_is_one_line(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))  # no cached weights file
     monkeypatch.setattr(keras.utils, "get_file", no_network)
-    cli = load_cli()
-    code = cli.main(["--preset", "smoke", "--teacher", "resnet50", "--teacher-weights", "imagenet", "--out",
-                     str(tmp_path / "out"), "--no-progress"])
+    code = kd_keras_main(["--preset", "smoke", "--teacher", "resnet50", "--teacher-weights", "imagenet", "--out",
+                          str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and err[0].startswith("error: --teacher-weights imagenet")
@@ -152,8 +149,7 @@ def test_offline_imagenet_is_one_line(tmp_path, monkeypatch, capsys):
 
 
 def test_bad_data_and_options_are_one_line(tmp_path, capsys):
-    cli = load_cli()
-    missing = cli.main(["--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o1"), "--no-progress"])
+    missing = kd_keras_main(["--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o1"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert missing == 2 and len(err) == 1 and "nope" in err[0]
     folders = tmp_path / "data"
@@ -162,10 +158,10 @@ def test_bad_data_and_options_are_one_line(tmp_path, capsys):
     for name in ("CAT", "DOG"):
         (folders / name).mkdir(parents=True)
         cv2.imwrite(str(folders / name / f"{name}-1-1.png"), np.zeros((40, 40), np.uint8))
-    no_normal = cli.main(["--data-dir", str(folders), "--out", str(tmp_path / "o2"), "--no-progress"])
+    no_normal = kd_keras_main(["--data-dir", str(folders), "--out", str(tmp_path / "o2"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert no_normal == 2 and len(err) == 1 and "--normal-class" in err[0]
-    bad_fraction = cli.main(["--labeled-fraction", "1.5", "--out", str(tmp_path / "o3")])
+    bad_fraction = kd_keras_main(["--labeled-fraction", "1.5", "--out", str(tmp_path / "o3")])
     err = capsys.readouterr().err.strip().splitlines()
     assert bad_fraction == 2 and err == ["error: --labeled-fraction must be in (0, 1], got 1.5"]
 
@@ -264,25 +260,64 @@ def test_recommendation_deploys_the_baseline_when_the_unlabeled_images_did_not_h
     assert "raised its AUC (0.910 with the labeled images alone, +0.010)" in text
 
 
-def test_steps_per_epoch_option():
-    cli = load_cli()
-    assert cli.build_config(cli.parse_args([])).student_steps_per_epoch == 100  # the quick preset's fixed budget
-    assert cli.build_config(cli.parse_args(["--steps-per-epoch", "0"])).student_steps_per_epoch is None
-    assert cli.build_config(cli.parse_args(["--steps-per-epoch", "7"])).student_steps_per_epoch == 7
-    from kd_keras.studies.oct_student_teacher import StudyError
+def test_steps_per_epoch_option(capsys):
+    def config(*argv):
+        return resolve_run("oct", argv)[1]
 
-    with pytest.raises(StudyError, match="--steps-per-epoch must be >= 0"):
-        cli.build_config(cli.parse_args(["--steps-per-epoch", "-1"]))
-    quick = cli.build_config(cli.parse_args([]))
+    assert config().student_steps_per_epoch == 100  # the quick preset's fixed budget
+    assert config("--steps-per-epoch", "0").student_steps_per_epoch is None
+    assert config("--steps-per-epoch", "7").student_steps_per_epoch == 7
+    quick = config()
     assert (quick.teacher_epochs, quick.teacher_steps_per_epoch) == (10, 20)
-    scaled = cli.build_config(cli.parse_args(["--epochs", "24"]))
+    scaled = config("--epochs", "24")
     assert (scaled.student_epochs, scaled.teacher_epochs) == (24, 20)  # the preset's 10:12 ratio
-    pinned = cli.build_config(cli.parse_args(["--epochs", "20", "--teacher-epochs", "33",
-                                              "--teacher-steps-per-epoch", "0"]))
+    pinned = config("--epochs", "20", "--teacher-epochs", "33", "--teacher-steps-per-epoch", "0")
     assert (pinned.teacher_epochs, pinned.teacher_steps_per_epoch) == (33, None)
-    with pytest.raises(StudyError, match="--epochs must be >= 1, got 0"):
-        cli.build_config(cli.parse_args(["--epochs", "0"]))
-    with pytest.raises(StudyError, match="--teacher-epochs must be >= 1"):
-        cli.build_config(cli.parse_args(["--teacher-epochs", "0"]))
-    with pytest.raises(StudyError, match="--teacher-steps-per-epoch must be >= 0"):
-        cli.build_config(cli.parse_args(["--teacher-steps-per-epoch", "-2"]))
+    for argv, message in ((["--steps-per-epoch", "-1"], "--steps-per-epoch: must be >= 0, got -1"),
+                          (["--epochs", "0"], "--epochs: must be >= 1, got 0"),
+                          (["--teacher-epochs", "0"], "--teacher-epochs: must be >= 1, got 0"),
+                          (["--teacher-steps-per-epoch", "-2"], "--teacher-steps-per-epoch: must be >= 0")):
+        with pytest.raises(SystemExit) as refused:
+            config(*argv)
+        assert refused.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_killed_replay_resumes_to_the_same_results(smoke_run, tmp_path):
+    """Replay the smoke run from its config.yaml, SIGKILL it in the middle of the baseline student's training
+    (checkpoints 1-2: the teacher's two epochs; 3: the student's first epoch of two), resume: same numbers."""
+    from kill_and_resume import kill_then_resume, numbers, stage
+
+    first, _ = smoke_run
+    out = tmp_path / "replayed"
+    killed, resumed = kill_then_resume(["run", "oct", "--config", str(first / "config.yaml"), "--out", str(out),
+                                        "--no-progress"], kill_at=3)
+    assert "runs/mobilenet_wd4__baseline_0" in killed.stdout  # killed inside the student's training
+    skipped = json.loads((out / "results.json").read_text())["run"]["resumed_stages"]
+    assert {"teacher", "pseudo_labels"} <= set(skipped) and "student-mobilenet_wd4-baseline_0" not in skipped
+    for name in ("teacher", "student-mobilenet_wd4-baseline_0", "student-mobilenet_wd4-pseudo_100", "evaluation"):
+        assert numbers(stage(out, name)) == numbers(stage(first, name)), name
+    assert (out / "config.yaml").read_text().split("\n", 1)[1] == (first / "config.yaml").read_text().split("\n", 1)[1]
+
+
+def test_every_registered_objective_runs_from_a_config_file(tmp_path):
+    """One student-teacher run per registered objective, named in a config file; each trains, is evaluated on the
+    test set and is reported."""
+    import yaml
+    from kill_and_resume import kd_keras
+
+    from kd_keras.engine import list_objectives
+
+    settings = {"attention_transfer": {"variant": "zagoruyko"}, "fixmatch": {"threshold": 0.5}, "mixmatch": {"seed": 0}}
+    objectives = [{"name": name, **settings.get(name, {})} for name in list_objectives()]
+    config = tmp_path / "objectives.yaml"
+    config.write_text(yaml.safe_dump({"study": "oct", "preset": "smoke", "student_objectives": objectives,
+                                      "student_epochs": 1, "teacher_epochs": 1, "export_variants": ["tflite_fp32"]}))
+    done = kd_keras(["run", "oct", "--config", str(config), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    runs = {run["objective"]["name"]: run for run in results["students"]["mobilenet_wd4"]["runs"][1:]}
+    assert sorted(runs) == sorted(list_objectives())
+    for name, run in runs.items():
+        assert run["fraction"] == 1.0 and run["objective"] == next(o for o in objectives if o["name"] == name)
+        assert _finite(run["test_auc"]["synthetic_test"]), name
+    assert len({run["key"] for run in runs.values()}) == len(runs)

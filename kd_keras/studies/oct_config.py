@@ -192,7 +192,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # CI smoke test: everything runs, nothing is learned.
     "smoke": dict(
         image_size=32, teacher="mobilenet_wd2", students=("mobilenet_wd4",), fractions=(0.0, 1.0),
-        teacher_epochs=1, student_epochs=1, teacher_steps_per_epoch=2, student_steps_per_epoch=2,
+        teacher_epochs=2, student_epochs=2, teacher_steps_per_epoch=2, student_steps_per_epoch=2,
         teacher_batch_size=8, student_batch_size=8, soft_grid=((2.0, 0.5),), n_boot=20,
         export_variants=("tflite_fp32", "onnx"), parity_images=16, latency_runtimes=("litert",),
         images_per_volume=4, latency_repeats=1, latency_batch_size=4,
