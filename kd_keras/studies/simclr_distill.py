@@ -133,7 +133,7 @@ class SimCLRStudy(Study):
             "split": ctx.data.split(),
             "stages": stages,
             "pseudo_labels": ctx.outputs["pseudo_labels"],
-            "models": {m: ctx.outputs[s]["model_path"] for m, s in model_stages(config).items()},
+            "models": {m: ctx.outputs[s]["path"] for m, s in model_stages(config).items()},
             "test": ctx.outputs["evaluation"],
             "tsne": ctx.outputs["tsne"]["path"],
             "timing_seconds": dict(ctx.timing),

@@ -173,7 +173,7 @@ def _train(ctx: RunContext, stage: str, model_name: str, model, make_stream, *, 
     keras.backend.clear_session(free_memory=True)
     name = get_objective(objective).name
     return {"objective": get_objective(objective).get_config() | {"name": name}, "epochs": epochs,
-            "loss": [float(v) for v in result.losses], "model_path": str(path),
+            "loss": [float(v) for v in result.losses], "path": str(path),
             "seconds": round(result.seconds, 2)}
 
 
@@ -194,7 +194,7 @@ def _stream(ctx: RunContext, records: Records, augmenter: Callable[[], Any], *, 
 def _load(ctx: RunContext, stage: str):
     from kd_keras.models import load_model
 
-    return load_model(ctx.outputs[stage]["model_path"])
+    return load_model(ctx.outputs[stage]["path"])
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -227,7 +227,7 @@ def _pseudo_labels(ctx: RunContext):
     from kd_keras.engine import pseudo_label_pool
 
     data = ctx.data
-    return pseudo_label_pool(ctx.outputs["teacher_finetune"]["model_path"], data.labeled, data.pool,
+    return pseudo_label_pool(ctx.outputs["teacher_finetune"]["path"], data.labeled, data.pool,
                              _preprocess(ctx.config), ctx.out / "teacher_cache", batch_size=64,
                              threshold=ctx.config.pseudo_label_threshold)
 
