@@ -184,15 +184,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def adjust_settings(values: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
     """``--demo`` (``_demo``) starts from the demo preset, ``--demo --tiny`` (or ``KD_KERAS_TINY=1``) from the
-    smoke preset, under every explicitly given setting (as ``--preset demo`` / ``--preset smoke`` would)."""
+    smoke preset, under every explicitly given setting (as ``--preset demo`` / ``--preset smoke`` would);
+    ``--tiny`` without ``--demo`` changes nothing (the old script's meaning).
+
+    Raises:
+        ConfigError: ``--demo`` with another ``--preset``.
+    """
     demo, tiny = values.pop("_demo", False), values.pop("_tiny", False)
-    if tiny and not demo:
-        raise DRError("--tiny shrinks the demo: use it with --demo (or use --preset smoke)")
-    if not demo:
+    if not demo:  # --tiny alone changes nothing, as before
         return values
     preset = "smoke" if tiny else "demo"
     if values.get("preset") not in (DRKDConfig.preset, preset):
-        raise DRError(f"--demo runs the {preset!r} preset: drop --preset {values['preset']}")
+        from kd_keras.config import ConfigError
+
+        raise ConfigError(f"--demo runs the {preset!r} preset: drop --preset {values['preset']}")
     given = {k: values[k] for k in explicit if k in values and not k.startswith("_")}
     return {**PRESETS[preset], **given, "preset": preset}
 
