@@ -23,11 +23,13 @@ why) and, once every requested variant has been tried, :class:`ExportParityError
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -47,6 +49,9 @@ from kd_keras.export.tflite import (
     saved_model_converter,
     write_saved_model,
 )
+
+if TYPE_CHECKING:
+    from kd_keras.data.preprocess import PreprocessConfig
 
 EXPORT_VARIANTS = ("tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8", "onnx")
 
@@ -122,6 +127,7 @@ def export_model(
     batch_size: int = 32,
     num_threads: int | None = None,
     source_path: str | os.PathLike | None = None,
+    preprocess: PreprocessConfig | None = None,
 ) -> list[ExportedFile]:
     """Export ``model`` to the requested files, prove parity with Keras on real images, write sidecars.
 
@@ -141,6 +147,9 @@ def export_model(
         batch_size: batch size for Keras ``predict`` and the exported runtimes.
         num_threads: threads for LiteRT and ONNX Runtime during the parity run.
         source_path: the file ``model`` came from, hashed into the sidecar (set automatically for a path).
+        preprocess: the :class:`kd_keras.data.preprocess.PreprocessConfig` the model was trained with, recorded in
+            the sidecar under ``"preprocess"`` so ``kd-keras predict`` (and a mobile app) applies exactly it; its
+            size and channels must match the model's input.
 
     Returns:
         One :class:`ExportedFile` per variant, in the order requested.
@@ -178,6 +187,9 @@ def export_model(
         source = {"path": None, "sha256": sha256_weights([np.asarray(w) for w in model.weights]),
                   "hashed": "weight arrays (model built in memory)"}
 
+    if preprocess is not None and (*preprocess.image_size, preprocess.channels) != tuple(input_shape):
+        raise ValueError(f"preprocess gives {tuple(preprocess.image_size)} x {preprocess.channels} channels; "
+                         f"{model.name} takes {input_shape[:2]} x {input_shape[2]}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = stem or model.name
@@ -193,6 +205,8 @@ def export_model(
         "decision": _decision(num_classes, names, threshold),
         "versions": package_versions(),
     }
+    if preprocess is not None:  # what was done to a decoded image before the model: kd_keras.data.preprocess
+        common["preprocess"] = {"function": "kd_keras.data.preprocess.preprocess", **dataclasses.asdict(preprocess)}
 
     results, failures = [], []
     with tempfile.TemporaryDirectory() as scratch:
