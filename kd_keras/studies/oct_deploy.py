@@ -70,7 +70,7 @@ def export_stage(ctx: RunContext) -> dict[str, Any]:
             files = export_model(keras_path, export_dir, variants=config.export_variants,
                                  parity_images=parity_images, parity_labels=parity_labels,
                                  representative_images=representative, class_names=list(data.class_names),
-                                 threshold=config.threshold, stem=name)
+                                 threshold=config.threshold, stem=name, preprocess=pre)
             reports = [(f.path, f.variant, f.format, f.parity) for f in files]
         except ExportParityError as error:  # some variant missed its gate: recorded, the others kept
             entry["error"] = str(error)
