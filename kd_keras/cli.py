@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "resolve_run", "run_main", "run_parser"]
+__all__ = ["main", "quiet_tensorflow_start", "resolve_run", "run_main", "run_parser"]
 
 COMMANDS = {
     "run": "run a study: oct (002, the main job), dr (000), simclr (003), attention (004)",
@@ -38,6 +38,27 @@ COMMANDS = {
     "zoo": "list the model zoo (parameters, multiply-adds)",
     "cache": "build or merge a teacher-output cache (build | merge)",
 }
+
+
+def quiet_tensorflow_start() -> None:
+    """Import TensorFlow with its C++ start-up notes (oneDNN, absl) kept off the terminal.
+
+    TensorFlow 2.21 prints them on file descriptor 2 whatever ``TF_CPP_MIN_LOG_LEVEL`` says, so a refused run
+    would show four lines of noise above its one-line error. Python's own errors are unaffected: the descriptor
+    is restored before anything is raised.
+    """
+    if "tensorflow" in sys.modules:
+        return
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        import tensorflow as tf
+
+        tf.constant(0.0) + 1.0  # the second batch of notes comes with the first op
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 def _error(message: str) -> int:
@@ -240,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kd-keras {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
+    if command in COMMANDS and not {"-h", "--help"} & set(rest):
+        quiet_tensorflow_start()
     if command == "run":
         from kd_keras.studies import STUDIES
 
