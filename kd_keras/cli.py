@@ -37,6 +37,7 @@ COMMANDS = {
     "latency": "time teachers and students per volume in LiteRT, ONNX Runtime and Keras",
     "zoo": "list the model zoo (parameters, multiply-adds)",
     "cache": "build or merge a teacher-output cache (build | merge)",
+    "predict": "flag B-scans of interest in OCT volumes with an exported student (no TensorFlow)",
 }
 
 
@@ -283,6 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kd_keras.models.__main__ import main as zoo_main
 
         return zoo_main(rest)
+    if command == "predict":
+        from kd_keras.deploy.cli import predict_main
+
+        return predict_main(rest)
     if command == "cache":
         from kd_keras.engine.teacher_cache import build_main, merge_main
 
