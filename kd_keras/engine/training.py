@@ -106,7 +106,8 @@ def _train_metrics(model: keras.Model, stream: tf.data.Dataset) -> list:
 
 def count_batches(stream: tf.data.Dataset) -> int:
     """Batches in one pass of a finite ``stream``: its cardinality when known, else counted by iterating it once
-    (which decodes every image: pass ``steps_per_epoch`` to :func:`train` for large streams read from disk).
+    (which decodes every image: pass ``steps_per_epoch`` to :func:`train` for large streams read from disk). A
+    stream of unknown cardinality that streams an ``index`` twice is taken as endless (no count).
 
     Raises:
         ValueError: the stream is endless or empty.
@@ -115,11 +116,20 @@ def count_batches(stream: tf.data.Dataset) -> int:
         >>> count_batches(make_dataset(records, config, 32))  # ceil(len(records) / 32) when all decode
         4
     """
+    endless = "the training stream repeats forever: pass steps_per_epoch (one epoch is undefined)"
     cardinality = int(stream.cardinality())
     if cardinality == int(tf.data.INFINITE_CARDINALITY):
-        raise ValueError("the training stream repeats forever: pass steps_per_epoch (one epoch is undefined)")
-    if cardinality < 0:
-        cardinality = int(stream.reduce(np.int64(0), lambda count, _: count + 1))
+        raise ValueError(endless)
+    if cardinality < 0:  # e.g. make_dataset filters unreadable files, even when it repeats
+        cardinality, seen = 0, set()
+        for batch in stream:
+            # A pass over records streams each ``index`` once: one seen again means an endless stream.
+            if isinstance(batch, dict) and schema.INDEX in batch:
+                indices = np.asarray(batch[schema.INDEX]).ravel().tolist()
+                if seen.intersection(indices):
+                    raise ValueError(endless.replace("forever", "its examples (endless?)"))
+                seen.update(indices)
+            cardinality += 1
     if cardinality == 0:
         raise ValueError("the training stream is empty (no readable example)")
     return cardinality
