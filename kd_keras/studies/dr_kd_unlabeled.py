@@ -65,11 +65,12 @@ from kd_keras.studies.dr_config import (
     adjust_settings,
 )
 from kd_keras.studies.dr_data import DRData, prepare_data
-from kd_keras.studies.dr_report import PAPER_ACCURACY, PAPER_AUC, ordering, summarise, table
+from kd_keras.studies.dr_report import PAPER_ACCURACY, PAPER_AUC, ordering, plot_methods, summarise, table, write_report
 from kd_keras.studies.dr_stages import student_stage, teacher_stage
 
 __all__ = ["PAPER_ACCURACY", "PAPER_AUC", "PRESETS", "STUDENT_TITLES", "STUDY", "VARIANTS", "DRData", "DRError",
-           "DRKDStudy", "DRKDConfig", "ordering", "summarise", "table"]
+           "DRKDConfig", "DRKDStudy", "ordering", "plot_methods", "prepare_data", "summarise", "table",
+           "write_report"]
 
 
 def _expected() -> tuple[type[BaseException], ...]:
