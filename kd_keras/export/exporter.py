@@ -69,18 +69,15 @@ class ExportedFile:
 
 def load_keras_model(path: str | os.PathLike):
     """Load a ``.keras`` file with every kd_keras layer registered; one-line errors for a bad path."""
-    import keras
-
-    from kd_keras.models import list_models
+    from kd_keras.models import load_model
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     if path.suffix != ".keras":
         raise ValueError(f"{path}: expected a .keras model file (save the student with model.save('x.keras'))")
-    list_models()  # imports every family, registering its custom layers for deserialisation
     try:
-        return keras.models.load_model(path, compile=False)
+        return load_model(path)  # the one loader: registers every family's custom layers
     except Exception as error:  # Keras raises many types for a bad archive
         raise ValueError(f"{path}: cannot load the Keras model ({str(error).strip().splitlines()[0]})") from None
 

@@ -129,17 +129,15 @@ def run_worker(spec: dict) -> dict:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         if runtime == "keras":
             os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
-        import keras
         import tensorflow as tf
 
         if threads:
             tf.config.threading.set_intra_op_parallelism_threads(int(threads))
             tf.config.threading.set_inter_op_parallelism_threads(1)
-        from kd_keras.models import list_models
+        from kd_keras.models import load_model
 
-        list_models()  # register the zoo's custom layers
         rss_before = _rss_mb()
-        model = keras.models.load_model(path, compile=False)
+        model = load_model(path)  # the one loader: registers the zoo's custom layers
         shape = tuple(int(d) for d in model.inputs[0].shape[1:])
         volume = np.random.default_rng(0).uniform(0, 255, (spec["num_images"], *shape)).astype(np.float32)
         if runtime == "keras-gpu":

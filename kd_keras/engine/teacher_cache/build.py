@@ -101,15 +101,13 @@ class _Teacher:
         self.calls = 0
 
     def _build(self):
-        import keras
 
         teacher = self._source
         if isinstance(teacher, (str, os.PathLike)):
-            from kd_keras.models import list_models
+            from kd_keras.models import load_model  # the one loader: registers every family's custom layers
 
-            list_models()  # imports every model family, registering the custom layers a saved model may use
             try:
-                teacher = keras.models.load_model(os.fspath(teacher), compile=False)
+                teacher = load_model(os.fspath(teacher))
             except Exception as error:  # noqa: BLE001 - one line naming the file, not a deep traceback
                 first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise CacheError(self._source, f"cannot load the teacher ({first})") from None
