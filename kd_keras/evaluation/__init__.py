@@ -1,6 +1,6 @@
 """Evaluation: clinical metrics, clustered-bootstrap confidence intervals, reports and plots."""
 
-from kd_keras.evaluation.bootstrap import Interval, clustered_bootstrap
+from kd_keras.evaluation.bootstrap import Interval, clustered_bootstrap, clustered_bootstrap_many
 from kd_keras.evaluation.metrics import (
     accuracy,
     binary_auc,
@@ -20,6 +20,7 @@ __all__ = [
     "accuracy",
     "binary_auc",
     "clustered_bootstrap",
+    "clustered_bootstrap_many",
     "confusion_matrix",
     "evaluate_predictions",
     "positive_scores",

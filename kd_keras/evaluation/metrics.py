@@ -6,9 +6,9 @@ a warning or a 0 (an AUC with one class present, a sensitivity without positives
 (:mod:`kd_keras.evaluation.bootstrap`) can leave such replicates out; a multi-class AUC averages the classes
 present; logits become probabilities; an operating point is chosen for a target sensitivity.
 
-Cost: scikit-learn validates its inputs on every call (about 0.4 ms for an accuracy, 2 ms for an AUC, against
-tens of microseconds for the NumPy code these replaced), so a 1000-replicate bootstrap of the four binary rates
-takes a few seconds rather than half a second.
+Cost: scikit-learn validates its inputs on every call (about 0.4 ms for an accuracy, 2 ms for an AUC), too slow
+to call once per bootstrap replicate; the clustered bootstrap therefore computes its replicates with the
+vectorised twins in :mod:`kd_keras.evaluation.replicate_metrics`, tested equal to these functions.
 
 Conventions: ``y_true`` holds integer class indices (binary: 1 = abnormal / positive), ``scores`` hold the
 probability of the positive class (binary), a ``(n, classes)`` probability matrix (multi-class), or a ``(n,

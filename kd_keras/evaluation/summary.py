@@ -1,10 +1,15 @@
-"""One call that turns predictions on a labelled set into every number a report needs."""
+"""One call that turns predictions on a labelled set into every number a report needs.
+
+Point estimates are scikit-learn's (:mod:`kd_keras.evaluation.metrics`); the bootstrap replicates of each rate
+are computed all at once by its twin in :mod:`kd_keras.evaluation.replicate_metrics` (see
+:mod:`kd_keras.evaluation.bootstrap` for why and how fast).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from kd_keras.evaluation.bootstrap import clustered_bootstrap
+from kd_keras.evaluation.bootstrap import clustered_bootstrap_many
 from kd_keras.evaluation.metrics import (
     accuracy,
     binary_auc,
@@ -13,6 +18,12 @@ from kd_keras.evaluation.metrics import (
     roc_auc,
     sensitivity_specificity,
     weighted_f1,
+)
+from kd_keras.evaluation.replicate_metrics import (
+    accuracy_per_replicate,
+    binary_auc_per_replicate,
+    roc_auc_per_replicate,
+    sensitivity_specificity_per_replicate,
 )
 
 
@@ -46,39 +57,70 @@ def evaluate_predictions(
     if clusters is not None:
         out["clusters"] = int(len(np.unique(clusters)))
 
-    def with_ci(metric, arrays) -> dict:
+    def with_cis(rates: dict, arrays: tuple) -> dict:
+        """name -> (metric, replicate twin): every rate's CI from the same replicates, drawn once."""
         if n_boot <= 0:
-            return {"estimate": float(metric(*arrays))}
-        return clustered_bootstrap(metric, arrays, clusters, n_boot=n_boot, seed=seed).as_dict()
+            return {name: {"estimate": float(metric(*arrays))} for name, (metric, _) in rates.items()}
+        cis = clustered_bootstrap_many(rates, arrays, clusters, n_boot=n_boot, seed=seed)
+        return {name: ci.as_dict() for name, ci in cis.items()}
 
     if task == "binary":
         scores = positive_scores(probabilities)
         y_pred = (scores >= threshold).astype(np.int64)
         sens, spec = sensitivity_specificity(y_true, y_pred)
+        rates = {
+            "accuracy": (
+                lambda y, p: accuracy(y, p >= threshold),
+                lambda y, p, counts: accuracy_per_replicate(y, p >= threshold, counts),
+            ),
+            "auc": (binary_auc, binary_auc_per_replicate),
+            "sensitivity": (
+                lambda y, p: sensitivity_specificity(y, p >= threshold)[0],
+                lambda y, p, counts: sensitivity_specificity_per_replicate(y, p >= threshold, counts)[0],
+            ),
+            "specificity": (
+                lambda y, p: sensitivity_specificity(y, p >= threshold)[1],
+                lambda y, p, counts: sensitivity_specificity_per_replicate(y, p >= threshold, counts)[1],
+            ),
+        }
         out.update(
             threshold=float(threshold),
-            accuracy=with_ci(lambda y, p: accuracy(y, p >= threshold), (y_true, scores)),
-            auc=with_ci(binary_auc, (y_true, scores)),
-            sensitivity=with_ci(lambda y, p: sensitivity_specificity(y, p >= threshold)[0], (y_true, scores)),
-            specificity=with_ci(lambda y, p: sensitivity_specificity(y, p >= threshold)[1], (y_true, scores)),
+            **with_cis(rates, (y_true, scores)),
             weighted_f1=weighted_f1(y_true, y_pred),
             confusion_matrix=confusion_matrix(y_true, y_pred, 2).tolist(),
         )
         out["sensitivity"]["estimate"], out["specificity"]["estimate"] = sens, spec
     elif task == "multiclass":
         y_pred = probabilities.argmax(axis=1)
+        rates = {
+            "accuracy": (
+                lambda y, p: accuracy(y, p.argmax(axis=1)),
+                lambda y, p, counts: accuracy_per_replicate(y, p.argmax(axis=1), counts),
+            ),
+            "auc": (
+                lambda y, p: roc_auc(y, p, "multiclass"),
+                lambda y, p, counts: roc_auc_per_replicate(y, p, counts, "multiclass"),
+            ),
+        }
         out.update(
-            accuracy=with_ci(lambda y, p: accuracy(y, p.argmax(axis=1)), (y_true, probabilities)),
-            auc=with_ci(lambda y, p: roc_auc(y, p, "multiclass"), (y_true, probabilities)),
+            **with_cis(rates, (y_true, probabilities)),
             weighted_f1=weighted_f1(y_true, y_pred),
             confusion_matrix=confusion_matrix(y_true, y_pred, probabilities.shape[1]).tolist(),
         )
     elif task == "multilabel":
-        y_pred = (probabilities >= threshold).astype(np.int64)
+        rates = {
+            "accuracy": (
+                lambda y, p: accuracy(y, p >= threshold),
+                lambda y, p, counts: accuracy_per_replicate(y, p >= threshold, counts),
+            ),
+            "auc": (
+                lambda y, p: roc_auc(y, p, "multilabel"),
+                lambda y, p, counts: roc_auc_per_replicate(y, p, counts, "multilabel"),
+            ),
+        }
         out.update(
             threshold=float(threshold),
-            accuracy=with_ci(lambda y, p: accuracy(y, p >= threshold), (y_true, probabilities)),
-            auc=with_ci(lambda y, p: roc_auc(y, p, "multilabel"), (y_true, probabilities)),
+            **with_cis(rates, (y_true, probabilities)),
             per_label_auc=[binary_auc(y_true[:, k], probabilities[:, k]) for k in range(y_true.shape[1])],
         )
     else:
