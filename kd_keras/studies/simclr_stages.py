@@ -43,6 +43,7 @@ class SimCLRData:
     tests: dict[str, Records] = field(default_factory=dict)
 
     def split(self) -> dict[str, int]:
+        """Sizes: ``{"labeled", "pool", <test set>: ...}``."""
         return {"labeled": len(self.labeled), "pool": len(self.pool), **{k: len(v) for k, v in self.tests.items()}}
 
 
@@ -88,7 +89,20 @@ def load_records(layout: str, path: str, image_dir: str | None = None, task: str
 
 
 def prepare_data(config: SimCLRConfig, out: Path, say: Callable[[str], None] = print) -> SimCLRData:
-    """Load (or generate) the records and split them by patient: test, labeled fraction, pool."""
+    """Load (or generate) the records and split them by patient: test, labeled fraction, pool.
+
+    Args:
+        config: the run's settings (data source, synthetic sizes, fractions, seed).
+        out: the run's folder; generated data goes to ``out/data/fundus`` (kept by ``--overwrite``).
+        say: where the one-line progress messages go.
+
+    Returns:
+        :class:`SimCLRData`; the pool's ``labeled`` flags are all false (its labels only score pseudo-labels).
+
+    Example:
+        >>> data = prepare_data(resolve_config(SimCLRConfig, PRESETS, preset="smoke"), Path("runs/simclr"))
+        >>> data.split()  # {'labeled': 4, 'pool': 12, 'test': 8}
+    """
     from kd_keras.data.splits import split_by_patient
 
     if config.data is None:
