@@ -60,18 +60,26 @@ class SimCLRConfig:
         test_fraction: share of the patients held out as the test set.
 
     Models:
-        image_size: [299]. channels: image channels.
-        teacher: [ResNet50]. teacher_weights: initialisation before SimCLR (imagenet, a file, or none).
-        student: [DenseNet-161 -> densenet121 here]. student_weights: imagenet, a file, or none.
+        image_size: input size in pixels [299].
+        channels: image channels (1 or 3).
+        teacher: zoo name of the teacher [ResNet50].
+        teacher_weights: the teacher's initialisation before SimCLR: imagenet, a weights file, or none.
+        student: zoo name of the student [DenseNet-161 -> densenet121 here].
+        student_weights: the student's initialisation: imagenet, a weights file, or none.
         fundus_crop: crop the black border of fundus photos before resizing.
 
     Training:
-        simclr_epochs, simclr_lr, simclr_temperature: SimCLR pretraining [100 epochs, lr 1e-5, batch 64].
-        finetune_epochs, finetune_lr: teacher fine-tuning on the labeled fraction.
-        student_epochs, student_lr: student on the pseudo-labels [200 epochs, SGD 1e-4, batch 32].
-        student_finetune_epochs: student fine-tuning on the fraction [100].
+        simclr_epochs: SimCLR pretraining epochs [100; batch 64].
+        simclr_lr: SimCLR learning rate (Adam) [1e-5].
+        simclr_temperature: NT-Xent temperature (not stated in 003; SimCLR's 0.1).
+        finetune_epochs: teacher fine-tuning epochs on the labeled fraction.
+        finetune_lr: teacher fine-tuning learning rate (Adam).
+        student_epochs: student epochs on the pseudo-labels [200; batch 32].
+        student_lr: student learning rate, pseudo-labels and fine-tuning (SGD, momentum 0.9) [1e-4].
+        student_finetune_epochs: student fine-tuning epochs on the labeled fraction [100].
         pseudo_label_threshold: class 1 where the teacher's positive-class probability is above it [0.5].
-        baseline_epochs, baseline_lr: the supervised, FixMatch and MixMatch baselines.
+        baseline_epochs: epochs of each baseline (supervised, FixMatch, MixMatch).
+        baseline_lr: learning rate of each baseline (Adam).
         baselines: which baselines to run (supervised, fixmatch, mixmatch).
         batch_size: examples per batch.
 
