@@ -262,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kd-keras {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
-    if command in COMMANDS and not {"-h", "--help"} & set(rest):
+    # predict runs with the edge runtime alone (no TensorFlow installed): it must not import TensorFlow here.
+    if command in COMMANDS and command != "predict" and not {"-h", "--help"} & set(rest):
         quiet_tensorflow_start()
     if command == "run":
         from kd_keras.studies import STUDIES
