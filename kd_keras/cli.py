@@ -186,9 +186,9 @@ def run_main(name: str, argv: Sequence[str]) -> int:
 def _run(study: Any, config: Any, args: argparse.Namespace, command: list[str]) -> int:
     import traceback
 
-    from kd_keras.runner import RunError, StageFailedError, run_study
+    from kd_keras.runner import RunError, StageFailedError, expected_errors, run_study
 
-    expected = _expected_errors(study)
+    expected = expected_errors(study)
     start = time.perf_counter()
     try:
         results = run_study(study, config, args.out, resume=args.resume, overwrite=args.overwrite,
@@ -217,18 +217,6 @@ def _run(study: Any, config: Any, args: argparse.Namespace, command: list[str]) 
         print(f"resumed: {len(skipped)} finished stages skipped ({', '.join(skipped[:6])}"
               f"{', ...' if len(skipped) > 6 else ''})")
     return 0
-
-
-def _expected_errors(study: Any) -> tuple[type[BaseException], ...]:
-    """Errors that are the user's to fix, whatever the study: one line and exit status 2."""
-    from kd_keras.data.preprocess import ImageReadError
-    from kd_keras.data.validate import DataError
-    from kd_keras.engine.callbacks import NonFiniteLossError
-    from kd_keras.engine.teacher_cache import CacheError
-    from kd_keras.models.weights import WeightsUnavailableError
-
-    return (WeightsUnavailableError, DataError, ImageReadError, CacheError, NonFiniteLossError,
-            *study.expected_errors)
 
 
 def _weights_message(error: BaseException) -> str | None:

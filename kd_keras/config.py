@@ -143,7 +143,8 @@ def resolve_config(
         presets: preset name -> the values it sets.
         preset: the preset to start from; ``None``: the files' ``preset`` key, else the dataclass default.
         files: YAML/JSON config files (a ``study`` key, if present, must name ``study``).
-        flags: values from the study's command-line flags (``None`` values are ignored).
+        flags: values from the study's command-line options that were given (``None`` is a value: e.g.
+            ``--steps-per-epoch 0`` sets ``student_steps_per_epoch: None``).
         sets: ``key=value`` items (dotted keys reach into dictionary settings).
         study: the study's command name, checked against the files' ``study`` key.
         adjust: ``(values, explicit_keys) -> values``, the study's last word before validation (e.g. drop
@@ -169,7 +170,7 @@ def resolve_config(
             raise ConfigError(f"--config {path}: settings of study {named!r}, not {study!r}")
         layers.append((f"--config {path}", values))
     if flags:
-        layers.append(("option", {k: v for k, v in flags.items() if v is not None}))
+        layers.append(("option", dict(flags)))
     if sets:
         nested: dict[str, Any] = {}
         for item in sets:
@@ -196,10 +197,10 @@ def resolve_config(
         explicit |= set(layer)
         values = _merge(values, layer, dict_fields)
     values["preset"] = preset
-    if adjust is not None:
-        values = adjust(values, explicit)
-    values = {k: v for k, v in values.items() if not k.startswith("_")}
     try:
+        if adjust is not None:
+            values = adjust(values, explicit)
+        values = {k: v for k, v in values.items() if not k.startswith("_")}
         return pydantic.TypeAdapter(cls).validate_python(values)
     except pydantic.ValidationError as error:
         raise ConfigError(_describe(error)) from None

@@ -53,7 +53,8 @@ from typing import Any, ClassVar
 
 from kd_keras.config import config_to_dict, write_config
 
-__all__ = ["Flag", "RunContext", "RunError", "Stage", "StageFailedError", "StageStore", "Study", "run_study"]
+__all__ = ["Flag", "RunContext", "RunError", "Stage", "StageFailedError", "StageStore", "Study", "expected_errors",
+           "run_study"]
 
 STAGES_DIR = "stages"
 RUNS_DIR = "runs"
@@ -266,6 +267,19 @@ class Study:
         return []
 
 
+def expected_errors(study: Study) -> tuple[type[BaseException], ...]:
+    """Errors that are the user's to fix, whatever the study (one line, exit status 2): bad settings or data,
+    unreadable images, missing weights, an unusable cache, a diverging loss, and the study's own."""
+    from kd_keras.data.preprocess import ImageReadError
+    from kd_keras.data.report import DataError
+    from kd_keras.engine.callbacks import NonFiniteLossError
+    from kd_keras.engine.teacher_cache import CacheError
+    from kd_keras.models.weights import WeightsUnavailableError
+
+    return (RunError, WeightsUnavailableError, DataError, ImageReadError, CacheError, NonFiniteLossError,
+            *study.expected_errors)
+
+
 def run_study(
     study: Study,
     config: Any,
@@ -306,10 +320,11 @@ def run_study(
     t = time.perf_counter()
     ctx.data = study.prepare(ctx)
     ctx.timing["data"] = round(time.perf_counter() - t, 2)
+    expected = expected_errors(study)
     for stage in study.stages(ctx):
         try:
             ctx.stage(stage.name, lambda stage=stage: stage.run(ctx))
-        except (RunError, *study.expected_errors):
+        except expected:
             raise
         except Exception as error:
             raise StageFailedError(stage.name, out) from error

@@ -195,10 +195,10 @@ def kd_keras(*argv: str) -> subprocess.CompletedProcess:
 
 def test_command_line():
     done = kd_keras("--help")
-    assert done.returncode == 0 and all(c in done.stdout for c in ("run", "export", "latency", "zoo", "cache"))
+    assert done.returncode == 0 and all(c in done.stdout for c in ("run", "export", "latency", "zoo", "cache", "predict"))
     unknown = kd_keras("train")
     assert unknown.returncode == 2 and unknown.stderr.strip() == (
-        "error: unknown command 'train'; commands: run, export, latency, zoo, cache (kd-keras --help)")
+        "error: unknown command 'train'; commands: run, export, latency, zoo, cache, predict (kd-keras --help)")
     no_study = kd_keras("run", "ot")
     assert no_study.returncode == 2 and "unknown study 'ot'; studies: oct, dr, simclr, attention" in no_study.stderr
     printed = kd_keras("run", "oct", "--preset", "smoke", "--set", "student_objectives=[{name: hinton, alpha: 0.3}]",

@@ -39,6 +39,7 @@ pool = sources.from_folder("OCT2017_unlabeled/")                     # unlabeled
 ```
 """
 
+from kd_keras.data.records import Records
 from kd_keras.data.source_files import IGNORED_NAMES, IMAGE_SUFFIXES, SPLIT_FOLDERS, scan_images
 from kd_keras.data.source_folders import from_class_folders, from_folder
 from kd_keras.data.source_npz import from_npz
@@ -56,6 +57,60 @@ from kd_keras.data.source_tables import (
     messidor,
 )
 
+LAYOUTS = ("folders", "eyepacs", "messidor", "chexpert", "csv", "npz")
+
+
+def load_labeled(
+    layout: str,
+    path: str,
+    *,
+    image_dir: str | None = None,
+    task: str | None = "auto",
+    uncertain: str = "zeros",
+    npz_split: str = "train",
+) -> Records:
+    """A labeled source in any layout on disk, with its task applied: the one loader every study uses.
+
+    Args:
+        layout: ``"folders"`` (one folder per class), ``"eyepacs"`` (``trainLabels.csv``), ``"messidor"`` (the
+            Messidor / Messidor-2 sheet as CSV), ``"chexpert"`` (CheXpert ``train.csv``), ``"csv"`` (a generic
+            manifest) or ``"npz"`` (MedMNIST-style arrays).
+        path: the folder, CSV or ``.npz`` file.
+        image_dir: where a CSV's images are (default: next to the CSV).
+        task: ``"auto"`` (DR grades for eyepacs/messidor, the classes as given otherwise), a task name of
+            :func:`kd_keras.data.tasks.apply_task` (``"referable_dr"``, ``"normal_vs_abnormal"``, ...), or
+            ``None`` for the labels exactly as the layout gives them.
+        uncertain: CheXpert's uncertain-label policy (:data:`UNCERTAIN_POLICIES`).
+        npz_split: the split of an ``.npz`` file.
+
+    Raises:
+        ValueError: an unknown layout or task (one line); the readers' own errors for missing or bad data.
+
+    Example:
+        >>> records = load_labeled("eyepacs", "trainLabels.csv", image_dir="train", task="referable_dr")
+    """
+    from kd_keras.data import tasks
+
+    readers = {
+        "folders": lambda: from_class_folders(path),
+        "eyepacs": lambda: eyepacs(path, image_dir),
+        "messidor": lambda: messidor(path, image_dir),
+        "chexpert": lambda: chexpert(path, image_dir, uncertain=uncertain),
+        "csv": lambda: from_csv(path, image_dir),
+        "npz": lambda: from_npz(path, split=npz_split),
+    }
+    if layout not in readers:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    records = readers[layout]()
+    if task is None:
+        return records
+    if task == "auto":
+        if layout in ("eyepacs", "messidor"):
+            return tasks.dr_grades(records, n_grades=max(int(records.labels.max()) + 1, 2))
+        return records
+    return tasks.apply_task(records, task)
+
+
 __all__ = [
     "CHEXPERT_OBSERVATIONS",
     "DR_GRADES",
@@ -63,6 +118,7 @@ __all__ = [
     "IGNORED_NAMES",
     "IMAGE_SUFFIXES",
     "LABEL_COLUMNS",
+    "LAYOUTS",
     "MESSIDOR_GRADES",
     "SPLIT_FOLDERS",
     "UNCERTAIN_POLICIES",
@@ -73,6 +129,7 @@ __all__ = [
     "from_folder",
     "from_list_file",
     "from_npz",
+    "load_labeled",
     "messidor",
     "scan_images",
 ]

@@ -4,7 +4,7 @@ Every study recipe repeats the same loop: train a model (a plain classifier, or 
 a :class:`~kd_keras.engine.Distiller`) for N epochs with some objective, score it on validation data, keep the
 weights of the best validation, repeat over a learning-rate grid and a few runs, and keep the best of everything
 (study 002: "the best validation accuracy over epochs, learning rates and runs"). This module does that once;
-the studies' stages (``kd_keras.studies.common.train_stage``) are :func:`train` calls.
+every training stage of every study is a :func:`train` (or :func:`train_lr_grid`) call.
 
 - :func:`train`: one run. Validation is a labeled stream (``val_accuracy`` / ``val_auc``), a callable
   ``model -> score`` (multi-label AUC, any study-specific score) or nothing (final weights kept); after every
@@ -147,6 +147,16 @@ def _steps_per_epoch(make_stream: Callable[[], tf.data.Dataset], directory: Path
     return steps
 
 
+class _FirstBatches:
+    """The first ``count`` batches of a new ``make_stream()`` each time it is iterated."""
+
+    def __init__(self, make_stream: Callable[[], tf.data.Dataset], count: int):
+        self.make_stream, self.count = make_stream, count
+
+    def __iter__(self):
+        return iter(self.make_stream().take(self.count))
+
+
 def train(
     model: keras.Model,
     make_train_stream: Callable[[], tf.data.Dataset] | tf.data.Dataset,
@@ -259,8 +269,10 @@ def train(
         stream = make_stream()
         return stream if stream.cardinality() == tf.data.INFINITE_CARDINALITY else stream.repeat()
 
-    # A fixed slice of the training stream (same seed, so the same batches in every process) for precise BN.
-    bn_stream = make_stream().take(bn_batches) if bn_batches > 0 else None
+    # A fixed slice of the training stream for precise BN: the same batches at every recalibration and in every
+    # process. A dataset object iterated a second time reshuffles and advances its augmentation's random state,
+    # so a resumed run would recalibrate on other batches than an uninterrupted one: a new stream each time.
+    bn_stream = _FirstBatches(make_stream, bn_batches) if bn_batches > 0 else None
     tracker = ValidationTracker(validation, monitor, directory, predict_batch_size, bn_stream, bn_batches,
                                 validate_every_steps)
     stop = StopOnNaN(directory / _CHECKPOINTS if directory is not None else None)

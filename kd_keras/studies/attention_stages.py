@@ -45,26 +45,10 @@ class ATData:
 
 def load_labeled(config: ATConfig) -> Records:
     """The labeled source of ``config.layout`` at ``config.data``, with ``config.task`` applied."""
-    from kd_keras.data import sources, tasks
+    from kd_keras.data import sources
 
-    layout, path, image_dir = config.layout, config.data, config.image_dir
-    if layout == "folders":
-        records = sources.from_class_folders(path)
-    elif layout == "eyepacs":
-        records = sources.eyepacs(path, image_dir)
-    elif layout == "messidor":
-        records = sources.messidor(path, image_dir)
-    elif layout == "chexpert":
-        records = sources.chexpert(path, image_dir, uncertain=config.uncertain)
-    elif layout == "csv":
-        records = sources.from_csv(path, image_dir)
-    else:
-        records = sources.from_npz(path, split="train")
-    if config.task == "auto":
-        if layout in ("eyepacs", "messidor"):
-            return tasks.dr_grades(records, n_grades=max(int(records.labels.max()) + 1, 2))
-        return records
-    return tasks.apply_task(records, config.task)
+    return sources.load_labeled(config.layout, config.data, image_dir=config.image_dir, task=config.task,
+                                uncertain=config.uncertain)
 
 
 def demo_records(root: Path, config: ATConfig) -> Records:

@@ -62,25 +62,12 @@ def load_labeled(layout: str, path: str, *, image_dir: str | None = None, task: 
     Example:
         >>> records = load_labeled("eyepacs", "trainLabels.csv", image_dir="train", task="referable_dr")
     """
-    from kd_keras.data import sources, tasks
+    from kd_keras.data import sources
 
-    readers = {
-        "folders": lambda: sources.from_class_folders(path),
-        "eyepacs": lambda: sources.eyepacs(path, image_dir),
-        "messidor": lambda: sources.messidor(path, image_dir),
-        "chexpert": lambda: sources.chexpert(path, image_dir),
-        "csv": lambda: sources.from_csv(path, image_dir),
-        "npz": lambda: sources.from_npz(path),
-    }
-    if layout not in readers:
-        raise DRError(f"--layout {layout!r}: not a data layout on disk ({', '.join(readers)})")
-    records = readers[layout]()
-    if task == "auto":
-        if layout in ("eyepacs", "messidor"):
-            return tasks.dr_grades(records, n_grades=max(int(records.labels.max()) + 1, 2))
-        return records
+    if layout not in sources.LAYOUTS:
+        raise DRError(f"--layout {layout!r}: not a data layout on disk ({', '.join(sources.LAYOUTS)})")
     try:
-        return tasks.apply_task(records, task)
+        return sources.load_labeled(layout, path, image_dir=image_dir, task=task)
     except (KeyError, ValueError) as error:
         raise DRError(f"--task {task}: {str(error).strip(chr(39))}") from None
 

@@ -157,7 +157,8 @@ class OCTStudyConfig:
         from kd_keras.config import ConfigError, resolve_config
 
         try:
-            return resolve_config(cls, PRESETS, preset=preset, flags=overrides, adjust=adjust_settings)
+            given = {k: v for k, v in overrides.items() if v is not None}
+            return resolve_config(cls, PRESETS, preset=preset, flags=given, adjust=adjust_settings)
         except ConfigError as error:
             raise StudyError(str(error)) from None
 

@@ -62,16 +62,8 @@ def load_records(layout: str, path: str, image_dir: str | None = None, task: str
     """
     from kd_keras.data import sources, tasks
 
-    readers: dict[str, Callable[[], Records]] = {
-        "folders": lambda: sources.from_class_folders(path),
-        "eyepacs": lambda: sources.eyepacs(path, image_dir),
-        "messidor": lambda: sources.messidor(path, image_dir),
-        "chexpert": lambda: sources.chexpert(path, image_dir),
-        "csv": lambda: sources.from_csv(path, image_dir),
-        "npz": lambda: sources.from_npz(path),
-    }
     try:
-        records = readers[layout]()
+        records = sources.load_labeled(layout, path, image_dir=image_dir, task=None)
     except (FileNotFoundError, KeyError, ValueError) as error:
         raise SimCLRError(f"--data {path} ({layout}): {str(error).strip() or type(error).__name__}") from None
     if task == "auto":
