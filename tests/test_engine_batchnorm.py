@@ -1,11 +1,12 @@
-"""The shared stage runner of the study recipes (`kd_keras.studies.common.train_stage`)."""
+"""Precise BatchNorm in the one training stack: `kd_keras.engine.train` recomputes the statistics from training
+batches before scoring and at the end."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from kd_keras.data import schema
-from kd_keras.studies import common
+from kd_keras.engine import train
 
 
 def _bn_model() -> keras.Model:
@@ -31,13 +32,13 @@ def test_short_stage_recalibrates_batch_norm_for_inference():
     training batches, so inference-mode outputs are not one constant of badly normalised activations."""
     keras.utils.set_random_seed(0)
     model = _bn_model()
-    common.train_stage(model, _stream(), epochs=1, learning_rate=1e-3, bn_batches=0)
+    train(model, _stream, epochs=1, learning_rate=1e-3, bn_batches=0)
     stale = model.get_layer("bn").moving_mean.numpy()
     assert np.all(stale < 0.1 * 150), stale  # what the fix is for: the moving mean lags far behind
 
     keras.utils.set_random_seed(0)
     model = _bn_model()
-    common.train_stage(model, _stream(), epochs=1, learning_rate=1e-3)
+    train(model, _stream, epochs=1, learning_rate=1e-3, bn_batches=5)
     # The conv kernel is trained a little, so compare with the activations of the trained kernel.
     conv = keras.Model(model.input, model.get_layer("conv").output)
     images = np.concatenate([b[schema.IMAGE].numpy() for b in _stream()])
@@ -56,7 +57,7 @@ def test_recalibrated_statistics_are_kept_with_the_best_epoch():
         seen.append(student.get_layer("bn").moving_mean.numpy().copy())
         return -len(seen)  # the first epoch is the best
 
-    log = common.train_stage(model, _stream(), epochs=3, learning_rate=1e-2, validation=validation)
-    assert log["best_epoch"] == 0 and len(seen) == 3
+    result = train(model, _stream, epochs=3, learning_rate=1e-2, validation=validation, bn_batches=5)
+    assert result.best_epoch == 1 and len(seen) == 3  # epochs counted from 1
     assert np.all(seen[0] > 50)  # recalibrated before scoring
     np.testing.assert_allclose(model.get_layer("bn").moving_mean.numpy(), seen[0])
