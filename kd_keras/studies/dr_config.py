@@ -1,9 +1,10 @@
 """Settings of study 000 (KD with unlabeled random images): one dataclass, its presets and the command's own options.
 
-Presets: ``"paper"`` (the default) is the study's protocol (300 px, 5 folds, 30 epochs per stage; it needs the
-Messidor/EyePACS images through ``data``); ``"demo"`` is what ``--demo`` runs (embedded synthetic fundus
-photographs and the built-in natural-image pool, minutes on 2 CPU cores); ``"smoke"`` is what ``--demo --tiny``
-(or ``--demo`` with ``KD_KERAS_TINY=1``) runs, for CI. Every setting is also a ``kd-keras run dr`` option, a
+Presets: ``"paper"`` (the default) is the study's protocol (300 px, 5 folds, 300 epochs per variant, no BatchNorm
+recalibration; it needs the Messidor/EyePACS images through ``data`` and 20,000 random images through ``pool``);
+``"demo"`` is what ``--demo`` runs (embedded synthetic fundus photographs and the built-in natural-image pool,
+minutes on 2 CPU cores); ``"smoke"`` is what ``--demo --tiny`` (or ``--demo`` with ``KD_KERAS_TINY=1``) runs, for
+CI. Every setting is also a ``kd-keras run dr`` option, a
 config-file key and a ``--set`` key (:mod:`kd_keras.config`).
 
 Example:
@@ -25,7 +26,8 @@ from typing import Any
 from kd_keras.data.preprocess import PreprocessConfig
 from kd_keras.runner import Flag, RunError
 
-__all__ = ["FLAGS", "LAYOUTS", "PRESETS", "STUDENT_TITLES", "VARIANTS", "DRError", "DRKDConfig", "adjust_settings"]
+__all__ = ["EPOCH_BUDGETS", "FLAGS", "KD_OBJECTIVES", "LAYOUTS", "PRESETS", "STUDENT_TITLES", "VARIANTS", "DRError",
+           "DRKDConfig", "adjust_settings"]
 
 # Variant key -> (table row title, sub-steps in training order): (a) "ul", (b) "kd", (c) "hard".
 VARIANTS = {
@@ -37,6 +39,8 @@ VARIANTS = {
 STUDENT_TITLES = {"simple10": "Simple10", "vgg16_d2": "VGG/2", "vgg16_d4": "VGG/4"}
 # "synthetic": the embedded synthetic fundus photographs (no ``data``); the others read ``data``.
 LAYOUTS = ("synthetic", "folders", "eyepacs", "messidor", "chexpert", "csv", "npz")
+EPOCH_BUDGETS = ("variant", "stage")
+KD_OBJECTIVES = ("conditional", "soft_targets")
 TASKS = ("auto", "referable_dr", "dr_grades", "normal_vs_abnormal", "multiclass", "multilabel")
 
 
@@ -75,6 +79,18 @@ class DRKDConfig:
         ul_epochs: epochs of stage (a), distillation on the unlabeled random images (eq. 1).
         kd_epochs: epochs of stage (b), conditional distillation on the labeled images (eq. 2).
         hard_epochs: epochs of stage (c), hard labels.
+        student_epochs: the paper's "trained for 300 epochs" (section 4); none: ``ul_epochs``, ``kd_epochs`` and
+            ``hard_epochs`` as given (the demos). With a number, ``epoch_budget`` says what it counts.
+        epoch_budget: ``variant`` (our reading): ``student_epochs`` is each variant's total, split equally over
+            its steps (Base: 300 hard; +KD: 150 + 150; +UL: 150 + 150; +KD+UL: 100 + 100 + 100; a remainder goes
+            to the hard step), so every row of Tables 1-2 gets the same budget; ``stage``: every step trains
+            ``student_epochs`` (the variants with more steps train longer).
+        kd_objective: step (b)'s loss (eq. 2, only its prose survives): ``conditional`` (our reading: the
+            teacher's soft targets where it predicts the label, the label where it does not); ``soft_targets``:
+            the teacher's soft targets on every labeled image (Hinton KD at ``temperature`` without the
+            condition).
+        bn_recalibration_batches: training batches over which BatchNorm statistics are recomputed at the end of
+            each training (0: Keras' moving averages, as the paper).
         student_lr: Adam learning rate of every student stage.
         temperature: softmax temperature of the soft targets (1 = the paper's eqs. 1-2).
         batch_size: batch size.
@@ -109,6 +125,10 @@ class DRKDConfig:
     ul_epochs: int = 30
     kd_epochs: int = 30
     hard_epochs: int = 30
+    student_epochs: int | None = None
+    epoch_budget: str = "variant"
+    kd_objective: str = "conditional"
+    bn_recalibration_batches: int = 5
     student_lr: float = 1e-3
     temperature: float = 1.0
     batch_size: int = 32
@@ -145,12 +165,35 @@ class DRKDConfig:
         for name in ("limit", "pool_size", "n_boot", "synthetic_patients"):
             if getattr(self, name) < 0:
                 raise DRError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.epoch_budget not in EPOCH_BUDGETS:
+            raise DRError(f"--epoch-budget must be one of {list(EPOCH_BUDGETS)}, got {self.epoch_budget!r}")
+        if self.kd_objective not in KD_OBJECTIVES:
+            raise DRError(f"--kd-objective must be one of {list(KD_OBJECTIVES)}, got {self.kd_objective!r}")
+        if self.student_epochs is not None and self.student_epochs < 1:
+            raise DRError(f"--student-epochs must be >= 1, got {self.student_epochs}")
+        if self.bn_recalibration_batches < 0:
+            raise DRError(f"--bn-recalibration-batches must be >= 0, got {self.bn_recalibration_batches}")
         if self.temperature <= 0:
             raise DRError(f"--temperature must be > 0, got {self.temperature}")
         if isinstance(self.teacher_weights, str) and self.teacher_weights.lower() in ("none", ""):
             self.teacher_weights = None  # "--teacher-weights none": from scratch
         self.students = tuple(self.students)
         self.variants = tuple(self.variants)
+
+    def step_epochs(self, variant: str, step: str) -> int:
+        """Epochs of ``step`` (``ul``, ``kd``, ``hard``) in ``variant`` under ``student_epochs``/``epoch_budget``.
+
+        Example:
+            >>> DRKDConfig(student_epochs=300).step_epochs("kd_ul", "ul")
+            100
+        """
+        if self.student_epochs is None:
+            return {"ul": self.ul_epochs, "kd": self.kd_epochs, "hard": self.hard_epochs}[step]
+        if self.epoch_budget == "stage":
+            return self.student_epochs
+        steps = VARIANTS[variant][1]
+        share = self.student_epochs // len(steps)
+        return share + (self.student_epochs - share * len(steps) if step == "hard" else 0)
 
     @property
     def fold_count(self) -> int:
@@ -168,8 +211,14 @@ class DRKDConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # The paper's protocol: the dataclass defaults (Messidor/EyePACS through `data`, ImageNet teacher).
-    "paper": {},
+    # The paper's protocol (the table in docs/paper_presets.md): Messidor through `data`, 300 px, CLAHE, flips,
+    # 5-fold CV, an ImageNet VGG16 teacher, Simple10 / VGG/2 / VGG/4 students, 300 epochs per variant, eqs. 1-2
+    # at T=1, 20,000 random images (give them with --pool), no BatchNorm recalibration.
+    "paper": dict(layout="folders", image_size=300, channels=3, clahe=True, fundus_crop=True, folds=5,
+                  max_folds=None, teacher="vgg16", teacher_weights="imagenet",
+                  students=("simple10", "vgg16_d2", "vgg16_d4"), variants=("base", "kd", "ul", "kd_ul"),
+                  pool_size=20000, student_epochs=300, epoch_budget="variant", kd_objective="conditional",
+                  temperature=1.0, bn_recalibration_batches=0),
     # What `--demo` ran before the runner (the old DEMO and DEMO_DATA dicts, teacher from scratch offline).
     "demo": dict(layout="synthetic", synthetic_patients=60, pool_size=300, image_size=48, folds=5, max_folds=2,
                  teacher_epochs=3, ul_epochs=2, kd_epochs=2, hard_epochs=4, batch_size=16, n_boot=100,

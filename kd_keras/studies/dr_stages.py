@@ -56,7 +56,8 @@ def _train(ctx: RunContext, name: str, model, make_stream, objective: dict, teac
     from kd_keras.engine import get_objective, train
 
     result = train(model, make_stream, epochs=epochs, learning_rate=learning_rate, optimizer="adam",
-                   objective=objective, teacher=teacher, validation=None, bn_batches=5, metrics=None,
+                   objective=objective, teacher=teacher, validation=None,
+                   bn_batches=ctx.config.bn_recalibration_batches, metrics=None,
                    directory=ctx.run_dir(name))
     built = get_objective(objective)
     return {"objective": built.get_config() | {"name": built.name}, "epochs": epochs,
@@ -117,14 +118,16 @@ def _substep(ctx: RunContext, fold: int, student: str, variant: str, index: int,
     else:
         model = load_model(previous)
     soft = {"name": "conditional", "temperature": config.temperature, "task": head.loss_task}
+    epochs = config.step_epochs(variant, step)
     if step == "ul":  # (a) eq. 1: the random images (labeled = 0), the teacher's soft targets everywhere
-        records, preprocess, objective, epochs = data.pool, config.preprocess(fundus_crop=False), soft, \
-            config.ul_epochs
+        records, preprocess, objective = data.pool, config.preprocess(fundus_crop=False), soft
     elif step == "kd":  # (b) eq. 2: soft targets where the teacher is right, the label where it is wrong
-        records, preprocess, objective, epochs = train, config.preprocess(), soft, config.kd_epochs
+        records, preprocess, objective = train, config.preprocess(), soft
+        if config.kd_objective == "soft_targets":  # the alternative reading: soft targets on every image
+            objective = {"name": "hinton", "alpha": 0.0, "temperature": config.temperature,
+                         "task": head.loss_task}
     else:  # (c) hard labels
-        records, preprocess, objective, epochs = train, config.preprocess(), \
-            {"name": "hard_label", "task": head.loss_task}, config.hard_epochs
+        records, preprocess, objective = train, config.preprocess(), {"name": "hard_label", "task": head.loss_task}
     teacher = load_model(ctx.outputs[f"fold{fold}/teacher"]["path"]) if step != "hard" else None
     log = _train(ctx, name, model, _make_stream(records, preprocess, config, seed), objective, teacher, epochs,
                  config.student_lr)

@@ -21,10 +21,23 @@ from typing import Any
 from kd_keras.config import config_to_dict
 from kd_keras.runner import Flag, RunError
 
-__all__ = ["FLAGS", "HELDOUT_TEST", "METHODS", "OCTStudyConfig", "PRESETS", "SYNTHETIC_TEST", "StudyError",
-           "adjust_settings"]
+__all__ = ["FLAGS", "HELDOUT_TEST", "METHODS", "OCTStudyConfig", "PAPER_STUDENTS", "PRESETS", "SOFT_TARGET_FORMS",
+           "SYNTHETIC_TEST", "StudyError", "adjust_settings"]
 
 METHODS = ("pseudo", "soft", "both")
+SOFT_TARGET_FORMS = ("hard_plus_alpha_soft", "convex")
+# Study 002's student families as named in section 2.3 (SqueezeNet, SqueezeResNet, SqueezeNext, MobileNet, Fast
+# MobileNet, ShuffleNet): the paper trained 27 of them, listed in its Supplementary Table 1, which we do not have;
+# the paper preset runs the zoo's 29 variants of these families (a superset of any 27 of them).
+PAPER_STUDENTS = (
+    "squeezenet_v1_0", "squeezenet_v1_1", "squeezeresnet_v1_0", "squeezeresnet_v1_1",
+    "sqnxt23_w1", "sqnxt23_w3d2", "sqnxt23_w2", "sqnxt23v5_w1", "sqnxt23v5_w3d2", "sqnxt23v5_w2",
+    "mobilenet_w1", "mobilenet_w3d4", "mobilenet_wd2", "mobilenet_wd4",
+    "fdmobilenet_w1", "fdmobilenet_w3d4", "fdmobilenet_wd2", "fdmobilenet_wd4",
+    "shufflenet_g1_w1", "shufflenet_g2_w1", "shufflenet_g3_w1", "shufflenet_g4_w1", "shufflenet_g8_w1",
+    "shufflenet_g1_w3d4", "shufflenet_g3_w3d4", "shufflenet_g1_wd2", "shufflenet_g3_wd2", "shufflenet_g1_wd4",
+    "shufflenet_g3_wd4",
+)
 SYNTHETIC_TEST = "synthetic_test"
 HELDOUT_TEST = "heldout_test"
 
@@ -70,6 +83,14 @@ class OCTStudyConfig:
         teacher features (``attention_transfer``, ``fitnets``) run the teacher live; the others read its
         cached logits. A second view (``simclr``, ``fixmatch``) is a second draw of the same augmentation.
 
+    Soft targets: ``soft_target_form``: how section 2.5's ``alpha`` weighs the soft term. ``"hard_plus_alpha_soft"``
+        (our reading, objective ``soft_target_student_teacher``): ``CE + alpha * T^2 * KL``; the paper's best
+        alpha=1.5 is above 1, so it cannot be a convex weight. ``"convex"``: the same two terms normalised to a
+        convex combination, ``(CE + alpha * T^2 * KL) / (1 + alpha)`` (objective ``hinton`` with hard weight
+        ``1 / (1 + alpha)``): the same direction, the step scaled by ``1 / (1 + alpha)``.
+    bn_recalibration_batches: training batches over which BatchNorm statistics are recomputed before each
+        validation (0: Keras' moving averages, as the paper; the short demo runs need the recalibration).
+
     Evaluation and edge: ``threshold`` (operating point on the abnormal probability), ``n_boot`` clustered
         bootstrap replicates, ``export_variants``, ``latency_runtimes``, ``images_per_volume`` (002: 128),
         ``latency_repeats``, ``latency_threads``.
@@ -107,6 +128,8 @@ class OCTStudyConfig:
     method: str = "pseudo"
     student_objectives: tuple[dict, ...] = ({"name": "pseudo_label"},)
     soft_grid: tuple[tuple[float, float], ...] = ((3.0, 1.5), (2.0, 0.5))
+    soft_target_form: str = "hard_plus_alpha_soft"
+    bn_recalibration_batches: int = 10
     monitor: str = "auc"
     augment: bool = True
     rotation_degrees: float = 10.0
@@ -135,6 +158,10 @@ class OCTStudyConfig:
             raise StudyError(f"--fractions must be numbers in [0, 1], got {list(self.fractions)}")
         if self.image_size < 32:
             raise StudyError(f"--image-size must be at least 32 (model contract), got {self.image_size}")
+        if self.soft_target_form not in SOFT_TARGET_FORMS:
+            raise StudyError(f"soft_target_form must be one of {SOFT_TARGET_FORMS}, got {self.soft_target_form!r}")
+        if self.bn_recalibration_batches < 0:
+            raise StudyError(f"bn_recalibration_batches must be >= 0, got {self.bn_recalibration_batches}")
         if self.monitor not in ("accuracy", "auc"):
             raise StudyError(f"monitor must be 'accuracy' or 'auc', got {self.monitor!r}")
         if not self.students:
@@ -165,6 +192,17 @@ class OCTStudyConfig:
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
 
+    def soft_objective(self, temperature: float, alpha: float) -> dict[str, Any]:
+        """Section 2.5's soft-target objective at ``(T, alpha)`` in the chosen ``soft_target_form``.
+
+        Example:
+            >>> OCTStudyConfig(soft_target_form="convex").soft_objective(3.0, 1.5)["alpha"]
+            0.4
+        """
+        if self.soft_target_form == "convex":
+            return {"name": "hinton", "temperature": float(temperature), "alpha": 1.0 / (1.0 + float(alpha))}
+        return {"name": "soft_target_student_teacher", "temperature": float(temperature), "alpha": float(alpha)}
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Measured on the 2-core CI machine; see docs/oct_student_teacher.md for the run and its timing.
@@ -180,15 +218,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         students=("mobilenet_wd2", "shufflenetv2_wd2"), student_learning_rates=(2e-3,),
         student_epochs=12, student_steps_per_epoch=100, fractions=(0.0, 1.0),
     ),
-    # Study 002 as published: 224 px RGB ResNet50 teacher (SGD, momentum 0.9, batch 64, 1e-2..1e-6, 31 epochs),
-    # students with Adam, batch 64, 20 epochs, learning rates 1e-1..1e-6, five runs, max validation accuracy.
+    # Study 002 as published (the table in docs/paper_presets.md): 224 px RGB ResNet50 teacher pre-trained on
+    # ImageNet (SGD, momentum 0.9, batch 64, 1e-2..1e-6, 31 epochs), the students of section 2.3 with Adam, batch
+    # 64, 20 epochs, learning rates 1e-1..1e-6, five runs, max validation accuracy; pseudo-labels at 0-100% of the
+    # pool (2.4) and the soft-target alternative (2.5); no BatchNorm recalibration.
     "paper": dict(
-        image_size=224, student_channels=3, teacher_dropout=0.5, teacher_optimizer="sgd",
-        teacher_learning_rates=(1e-2, 1e-3, 1e-4, 1e-5, 1e-6), teacher_epochs=31, teacher_batch_size=64,
+        image_size=224, student_channels=3, teacher="resnet50", teacher_weights="imagenet", teacher_dropout=0.5,
+        teacher_optimizer="sgd", teacher_learning_rates=(1e-2, 1e-3, 1e-4, 1e-5, 1e-6), teacher_runs=1,
+        teacher_epochs=31, teacher_batch_size=64, teacher_steps_per_epoch=None,
+        students=PAPER_STUDENTS, student_optimizer="adam",
         student_learning_rates=(1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6), student_runs=5, student_epochs=20,
-        student_batch_size=64, fractions=(0.0, 0.25, 0.5, 0.75, 1.0), monitor="accuracy",
+        student_batch_size=64, student_steps_per_epoch=None, fractions=(0.0, 0.25, 0.5, 0.75, 1.0),
+        method="both", student_objectives=({"name": "pseudo_label"},), monitor="accuracy",
         soft_grid=((1.0, 0.5), (2.0, 0.5), (3.0, 0.5), (3.0, 1.0), (3.0, 1.5), (5.0, 1.5)),
-        rotation_degrees=15.0, n_boot=1000, latency_repeats=5, synthetic={"image_size": [224, 224]},
+        soft_target_form="hard_plus_alpha_soft", augment=True, rotation_degrees=15.0, vertical_shift=0.1,
+        images_per_volume=128, n_boot=1000, latency_repeats=5, bn_recalibration_batches=0,
+        synthetic={"image_size": [224, 224]},
     ),
     # CI smoke test: everything runs, nothing is learned.
     "smoke": dict(

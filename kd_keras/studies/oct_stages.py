@@ -176,6 +176,7 @@ def teacher_stage(ctx: RunContext) -> dict[str, Any]:
             build, make_stream, learning_rates=config.teacher_learning_rates, runs=config.teacher_runs,
             seed=config.seed, directory=ctx.run_dir("teacher"), steps_per_epoch=steps, validation=validation,
             epochs=config.teacher_epochs, optimizer=config.teacher_optimizer, monitor=config.monitor,
+            bn_batches=config.bn_recalibration_batches,
             make_callbacks=lambda lr, run: [
                 _tensorboard(ctx, "teacher", f"lr{lr:g}_run{run}"),
                 progress_callback(steps * config.teacher_epochs, f"teacher lr={lr:g} run {run}", ctx.progress)])
@@ -308,7 +309,7 @@ def _train_student(ctx: RunContext, name: str, run: dict[str, Any]) -> dict[str,
         build, make_stream, learning_rates=config.student_learning_rates, runs=config.student_runs,
         seed=config.seed, directory=ctx.run_dir(f"{name}/{key}"), steps_per_epoch=steps,
         validation=ctx.state["validation"], epochs=config.student_epochs, optimizer=config.student_optimizer,
-        objective=dict(run["objective"]), monitor=config.monitor,
+        objective=dict(run["objective"]), monitor=config.monitor, bn_batches=config.bn_recalibration_batches,
         make_callbacks=lambda lr, r: [
             _tensorboard(ctx, name, key, f"lr{lr:g}_run{r}"),
             progress_callback(steps * config.student_epochs, f"{label} lr={lr:g} run {r}", ctx.progress)])
@@ -339,9 +340,8 @@ def student_stage(ctx: RunContext, name: str) -> dict[str, Any]:
     runs = [train(run) for run in student_runs(config)]
     if config.method in ("soft", "both"):
         # 002 section 2.5: choose (T, alpha) on the labeled images, then train with the largest pool fraction.
-        grid_runs = [train({"method": "soft", "fraction": 0.0, "objective": {
-            "name": "soft_target_student_teacher", "temperature": float(temperature), "alpha": float(alpha)}})
-            for temperature, alpha in config.soft_grid]
+        grid_runs = [train({"method": "soft", "fraction": 0.0, "objective": config.soft_objective(temperature, alpha)})
+                     for temperature, alpha in config.soft_grid]
         runs += grid_runs
         best = max(grid_runs, key=lambda r: r["best"]["best_score"] or -1)
         largest = max(config.fractions)
