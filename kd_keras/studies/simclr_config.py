@@ -1,9 +1,10 @@
 """Settings of study 003 (SimCLR pretraining + distillation): one dataclass, its presets and the script's options.
 
 Presets: ``"paper"`` (the default) is the study's protocol on your data (299 px, ResNet50 teacher from ImageNet,
-2% labeled patients); ``"demo"`` is what ``python experiments/simclr_distill.py --demo`` runs (120 generated
-fundus photos, 64 px, a few epochs); ``"smoke"`` is ``--demo --tiny`` (or ``KD_KERAS_TINY=1``): CI sizes, small
-zoo networks, seconds of training. Every setting is also a ``kd-keras run simclr`` option, a config-file key and a
+2% labeled patients, densenet201 student for the paper's DenseNet-161); ``"demo"`` is what
+``python experiments/simclr_distill.py --demo`` runs (120 generated fundus photos, 64 px, a few epochs);
+``"smoke"`` is ``--demo --tiny`` (or ``KD_KERAS_TINY=1``): CI sizes, small zoo networks, seconds of training.
+Every setting is also a ``kd-keras run simclr`` option, a config-file key and a
 ``--set`` key (:mod:`kd_keras.config`).
 
 Example:
@@ -64,13 +65,19 @@ class SimCLRConfig:
         channels: image channels (1 or 3).
         teacher: zoo name of the teacher [ResNet50].
         teacher_weights: the teacher's initialisation before SimCLR: imagenet, a weights file, or none.
-        student: zoo name of the student [DenseNet-161 -> densenet121 here].
+        student: zoo name of the student [DenseNet-161; not in the zoo: the paper preset uses densenet201, the
+            closest keras.applications DenseNet (20.0 M parameters at 1000 classes against DenseNet-161's 28.7 M;
+            growth 32 against 48); the other presets densenet121 or smaller].
         student_weights: the student's initialisation: imagenet, a weights file, or none.
         fundus_crop: crop the black border of fundus photos before resizing.
 
     Training:
         simclr_epochs: SimCLR pretraining epochs [100; batch 64].
-        simclr_lr: SimCLR learning rate (Adam) [1e-5].
+        simclr_lr: SimCLR learning rate (Adam; AdamW with ``simclr_weight_decay``) [1e-5].
+        simclr_weight_decay: SimCLR weight decay (decoupled, AdamW; 0: plain Adam) [5e-4].
+        simclr_batch_size: SimCLR batch size [64].
+        simclr_rotation_degrees: a random rotation of up to this many degrees in front of SimCLR's views (0: none)
+            [the paper shows "cropping and rotations" and states no angle; ours 15].
         simclr_temperature: NT-Xent temperature (not stated in 003; SimCLR's 0.1).
         finetune_epochs: teacher fine-tuning epochs on the labeled fraction.
         finetune_lr: teacher fine-tuning learning rate (Adam).
@@ -81,7 +88,9 @@ class SimCLRConfig:
         baseline_epochs: epochs of each baseline (supervised, FixMatch, MixMatch).
         baseline_lr: learning rate of each baseline (Adam).
         baselines: which baselines to run (supervised, fixmatch, mixmatch).
-        batch_size: examples per batch.
+        batch_size: examples per batch of every training but SimCLR [32].
+        bn_recalibration_batches: training batches over which BatchNorm statistics are recomputed at the end of
+            each training (0: Keras' moving averages, as the paper).
 
     Evaluation:
         n_boot: patient-clustered bootstrap replicates of the AUC CIs (0: none).
@@ -109,6 +118,9 @@ class SimCLRConfig:
     simclr_epochs: int = 100
     simclr_lr: float = 1e-4
     simclr_temperature: float = 0.1
+    simclr_weight_decay: float = 0.0
+    simclr_batch_size: int = 32
+    simclr_rotation_degrees: float = 0.0
     finetune_epochs: int = 30
     finetune_lr: float = 1e-4
     student_epochs: int = 50
@@ -119,6 +131,7 @@ class SimCLRConfig:
     baseline_lr: float = 1e-4
     baselines: tuple[str, ...] = BASELINES
     batch_size: int = 32
+    bn_recalibration_batches: int = 5
     fundus_crop: bool = True
     n_boot: int = 500
     tsne_points: int = 500
@@ -147,7 +160,10 @@ class SimCLRConfig:
         if self.channels not in (1, 3):
             raise SimCLRError(f"--channels must be 1 or 3, got {self.channels}")
         epochs = ("simclr_epochs", "finetune_epochs", "student_epochs", "student_finetune_epochs", "baseline_epochs")
-        for name in (*epochs, "batch_size"):
+        if self.simclr_weight_decay < 0 or self.simclr_rotation_degrees < 0 or self.bn_recalibration_batches < 0:
+            raise SimCLRError("--simclr-weight-decay, --simclr-rotation-degrees and --bn-recalibration-batches must "
+                              "be >= 0")
+        for name in (*epochs, "batch_size", "simclr_batch_size"):
             if getattr(self, name) < 1:
                 raise SimCLRError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.synthetic_patients < 0 or self.n_boot < 0 or self.tsne_points < 2:
@@ -155,8 +171,15 @@ class SimCLRConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Study 003's protocol on real data (the dataclass defaults): give --data.
-    "paper": {},
+    # Study 003's protocol on real data (the table in docs/paper_presets.md; give --data): 299 px, 2% labeled,
+    # SimCLR ResNet50 (lr 1e-5, weight decay 5e-4, batch 64, 100 epochs, rotations), pseudo-labels at 0.5, the
+    # student (densenet201 for DenseNet-161) 200 epochs SGD 1e-4 batch 32, then 100 epochs on the labels; no
+    # BatchNorm recalibration.
+    "paper": dict(image_size=299, channels=3, labeled_fraction=0.02, teacher="resnet50", teacher_weights="imagenet",
+                  student="densenet201", student_weights="imagenet", simclr_epochs=100, simclr_lr=1e-5,
+                  simclr_weight_decay=5e-4, simclr_batch_size=64, simclr_rotation_degrees=15.0,
+                  simclr_temperature=0.1, student_epochs=200, student_lr=1e-4, student_finetune_epochs=100,
+                  pseudo_label_threshold=0.5, batch_size=32, baselines=BASELINES, bn_recalibration_batches=0),
     # `--demo`: the old script's DEMO dict and DEMO_PATIENTS, unchanged.
     "demo": dict(
         synthetic_patients=60, image_size=64, teacher_weights=None, student_weights=None, labeled_fraction=0.2,

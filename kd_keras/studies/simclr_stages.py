@@ -149,10 +149,29 @@ def _weak(config: SimCLRConfig):
                            contrast=0.1, seed=config.seed)
 
 
-def _strong(config: SimCLRConfig, offset: int):
+def _strong(config: SimCLRConfig, offset: int, rotation_degrees: float = 0.0):
     from kd_keras.data.augment import build_simclr_augmenter
 
-    return build_simclr_augmenter(channels=config.channels, image_size=config.image_size, seed=config.seed + offset)
+    augmenter = build_simclr_augmenter(channels=config.channels, image_size=config.image_size,
+                                       seed=config.seed + offset)
+    if rotation_degrees <= 0:
+        return augmenter
+    import keras
+
+    # 003's SimCLR views include rotations (its Fig. 2), which SimCLR's own recipe does not.
+    rotate = keras.layers.RandomRotation(rotation_degrees / 360.0, fill_mode="constant", seed=config.seed + offset)
+    return keras.Sequential([rotate, augmenter], name="rotated_simclr_augmenter")
+
+
+def _adamw(weight_decay: float):
+    """Adam with decoupled weight decay (003's SimCLR stage) as a function ``learning_rate -> optimizer``."""
+    import keras
+
+    def make(learning_rate):
+        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
+
+    make.__name__ = f"adamw(weight_decay={weight_decay:g})"
+    return make
 
 
 def _build(name: str, weights: str | None, config: SimCLRConfig):
@@ -163,17 +182,17 @@ def _build(name: str, weights: str | None, config: SimCLRConfig):
 
 
 def _train(ctx: RunContext, stage: str, model_name: str, model, make_stream, *, steps: int | None, epochs: int,
-           learning_rate: float, objective: str | dict = "hard_label", optimizer: str = "adam") -> dict[str, Any]:
+           learning_rate: float, objective: str | dict = "hard_label", optimizer: Any = "adam") -> dict[str, Any]:
     """One resumable training in ``ctx.run_dir(stage)``; saves ``models/<model_name>.keras``; returns the recorded
     summary."""
     import keras
 
     from kd_keras.engine import get_objective, train
 
-    ctx.say(f"{stage}: {epochs} epochs, lr {learning_rate:g}, {optimizer}")
+    ctx.say(f"{stage}: {epochs} epochs, lr {learning_rate:g}, {getattr(optimizer, '__name__', optimizer)}")
     result = train(model, make_stream, epochs=epochs, steps_per_epoch=steps, learning_rate=learning_rate,
                    optimizer=optimizer, objective=objective, directory=ctx.run_dir(stage), metrics=None,
-                   bn_batches=5)
+                   bn_batches=ctx.config.bn_recalibration_batches)
     path = ctx.path("models", f"{model_name}.keras")
     result.model.save(path)
     keras.backend.clear_session(free_memory=True)
@@ -184,17 +203,18 @@ def _train(ctx: RunContext, stage: str, model_name: str, model, make_stream, *, 
 
 
 def _stream(ctx: RunContext, records: Records, augmenter: Callable[[], Any], *, labels=None,
-            view2: Callable[[], Any] | None = None):
+            view2: Callable[[], Any] | None = None, batch_size: int | None = None):
     """A function building the training stream over ``records`` (fresh augmenters each time) and its steps."""
     from kd_keras.engine import train_stream
 
     config = ctx.config
+    batch_size = batch_size or config.batch_size
 
     def make():
-        return train_stream(records, _preprocess(config), config.batch_size, augmenter=augmenter(),
+        return train_stream(records, _preprocess(config), batch_size, augmenter=augmenter(),
                             view2_augmenter=view2() if view2 else None, seed=config.seed, labels=labels)
 
-    return make, max(1, math.ceil(len(records) / config.batch_size))
+    return make, max(1, math.ceil(len(records) / batch_size))
 
 
 def _load(ctx: RunContext, stage: str):
@@ -214,9 +234,12 @@ def simclr_stage(ctx: RunContext) -> dict[str, Any]:
     seed_model(ctx)
     teacher = _build(config.teacher, config.teacher_weights, config)
     everything = pipeline.mixed_records(data.labeled, data.pool)
-    make, steps = _stream(ctx, everything, lambda: _strong(config, 1), view2=lambda: _strong(config, 2))
+    degrees = config.simclr_rotation_degrees
+    make, steps = _stream(ctx, everything, lambda: _strong(config, 1, degrees),
+                          view2=lambda: _strong(config, 2, degrees), batch_size=config.simclr_batch_size)
+    optimizer = _adamw(config.simclr_weight_decay) if config.simclr_weight_decay > 0 else "adam"
     return _train(ctx, "simclr", "teacher_simclr", teacher, make, steps=steps, epochs=config.simclr_epochs,
-                  learning_rate=config.simclr_lr,
+                  learning_rate=config.simclr_lr, optimizer=optimizer,
                   objective={"name": "simclr", "temperature": config.simclr_temperature})
 
 
