@@ -27,7 +27,8 @@ from kd_keras.runner import Flag, RunError
 if TYPE_CHECKING:
     import keras
 
-__all__ = ["DEMO_TASKS", "FLAGS", "LAYOUTS", "PRESETS", "STUDENT_TAPS", "TEACHER_TAP", "ATConfig", "StudyError",
+__all__ = ["ATTENTION_LAYERS", "DEMO_TASKS", "FLAGS", "LAYOUTS", "PAPER_BETAS", "PRESETS", "STUDENT_TAPS",
+           "TEACHER_TAP", "ATConfig", "StudyError",
            "adjust_settings", "schedule"]
 
 TEACHER_TAP = "conv5_block16_2_conv"  # DenseNet-121: the last dense layer's 32-plane map (004 Fig. 2)
@@ -35,6 +36,12 @@ STUDENT_TAPS = {"densenet121": TEACHER_TAP, "densenet40": "stage3"}
 LAYOUTS = ("folders", "eyepacs", "messidor", "chexpert", "csv", "npz")
 DEMO_TASKS = ("multiclass", "binary", "multilabel")
 VARIANTS = ("paper", "zagoruyko")
+# 004: "one layer before the last layer of the last dense block". Our reading ("last"): the last dense layer's
+# 3x3 convolution (32 planes), one layer before the block's final concatenation; "second_last": the dense layer
+# before the last one. DenseNet-40's tap (its third block's output) is the same under both.
+ATTENTION_LAYERS = {"last": "conv5_block16_2_conv", "second_last": "conv5_block15_2_conv"}
+# The beta values 004 reports as best (it searched 1..2000).
+PAPER_BETAS = (1.0, 20.0, 30.0, 50.0, 60.0, 100.0, 1000.0, 2000.0)
 
 
 class StudyError(RunError):
@@ -69,6 +76,11 @@ class ATConfig:
         learning_rate: Adam's first learning rate (paper: 5e-5).
         halve_every_epochs: the learning rate is halved every this many epochs (paper: 16).
         variant: L_AT as the paper (per-plane, eq. 1) or zagoruyko (the authors' code).
+        attention_layer: the DenseNet-121 layer whose attention map is transferred: ``last`` (our reading of
+            "one layer before the last layer of the last dense block": ``conv5_block16_2_conv``) or
+            ``second_last`` (``conv5_block15_2_conv``).
+        bn_recalibration_batches: training batches over which BatchNorm statistics are recomputed before each
+            validation (0: Keras' moving averages, as the paper).
         curve_points: validation points per student run (the learning curves: AUC against step).
         split: patient-level train/val/test fractions.
         clahe: CLAHE contrast equalisation in preprocessing.
@@ -98,6 +110,8 @@ class ATConfig:
     learning_rate: float = 5e-5
     halve_every_epochs: int = 16
     variant: str = "paper"
+    attention_layer: str = "last"
+    bn_recalibration_batches: int = 5
     curve_points: int = 16
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     clahe: bool = False
@@ -132,6 +146,10 @@ class ATConfig:
              f"{self.epochs}, {self.batch_size}, {self.halve_every_epochs}"),
             (self.learning_rate > 0 and self.teacher_lr > 0,
              f"--learning-rate and --teacher-lr must be > 0, got {self.learning_rate}, {self.teacher_lr}"),
+            (self.attention_layer in ATTENTION_LAYERS,
+             f"--attention-layer must be one of {tuple(ATTENTION_LAYERS)}, got {self.attention_layer!r}"),
+            (self.bn_recalibration_batches >= 0,
+             f"--bn-recalibration-batches must be >= 0, got {self.bn_recalibration_batches}"),
             (self.variant in VARIANTS, f"--variant must be one of {VARIANTS}, got {self.variant!r}"),
             (self.curve_points >= 0 and self.n_boot >= 0,
              f"--curve-points and --n-boot must be >= 0, got {self.curve_points}, {self.n_boot}"),
@@ -146,6 +164,16 @@ class ATConfig:
     def teacher_weights_arg(self) -> str | None:
         """``teacher_weights`` as the model builders take it (``None``: random)."""
         return None if self.teacher_weights.lower() == "none" else self.teacher_weights
+
+    def taps(self, student: str) -> tuple[str, str]:
+        """``(student tap, teacher tap)`` of the attention maps under ``attention_layer``.
+
+        Example:
+            >>> ATConfig(attention_layer="second_last").taps("densenet40")
+            ('stage3', 'conv5_block15_2_conv')
+        """
+        teacher = ATTENTION_LAYERS[self.attention_layer]
+        return (teacher if student == "densenet121" else STUDENT_TAPS[student]), teacher
 
     @property
     def student_weights_arg(self) -> str | None:
@@ -175,8 +203,13 @@ def schedule(config: ATConfig, steps_per_epoch: int) -> keras.optimizers.schedul
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Study 004 as published: the dataclass defaults (ImageNet DenseNet-121 teacher, both students, 256 px).
-    "paper": {},
+    # Study 004 as published (the table in docs/paper_presets.md): ImageNet DenseNet-121 teacher, DenseNet-121
+    # and DenseNet-40 students, 256 px, Adam 5e-5 halved every 16 epochs, batch 32, at most 128 epochs, the betas
+    # it reports as best, no BatchNorm recalibration.
+    "paper": dict(image_size=256, channels=3, teacher_weights="imagenet", students=("densenet121", "densenet40"),
+                  student_weights="imagenet", betas=PAPER_BETAS, epochs=128, batch_size=32, learning_rate=5e-5,
+                  halve_every_epochs=16, variant="paper", attention_layer="last", uncertain="zeros",
+                  bn_recalibration_batches=0),
     # `--demo`: synthetic fundus photographs (60 patients), a teacher trained here from scratch (no ImageNet
     # offline) and a larger learning rate than the paper's 5e-5 (few epochs). DenseNet-40 only: each DenseNet-121
     # student run took about 90 s on 2 cores (DenseNet-40: 45 s), so both would need about 16 minutes;

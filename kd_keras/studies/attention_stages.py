@@ -20,13 +20,13 @@ import numpy as np
 
 from kd_keras.data.records import Records
 from kd_keras.runner import RunContext, Stage
-from kd_keras.studies.attention_config import STUDENT_TAPS, TEACHER_TAP, ATConfig, StudyError, schedule
+from kd_keras.studies.attention_config import ATConfig, StudyError, schedule
 
 __all__ = ["ATData", "curves_stage", "demo_records", "evaluation_stage", "load_labeled", "overfitting_delay",
            "prepare_data", "run_key", "student_stages", "teacher_stage"]
 
 # Old runs used the stage adapter's defaults: BatchNorm statistics from 5 training batches, no training metrics.
-BN_BATCHES = 5
+BN_BATCHES = 5  # the default of ATConfig.bn_recalibration_batches (the demos)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -166,8 +166,8 @@ def teacher_stage(ctx: RunContext) -> dict[str, Any]:
         objective = {"name": "hard_label", "task": head.loss_task}
         result = train(teacher, _make_stream(data.train, config, config.seed), epochs=config.teacher_epochs,
                        learning_rate=config.teacher_lr, objective=objective,
-                       validation=make_score_fn(data.val, config.preprocess(), "auc"), bn_batches=BN_BATCHES,
-                       metrics=None, directory=ctx.run_dir("teacher"))
+                       validation=make_score_fn(data.val, config.preprocess(), "auc"),
+                       bn_batches=config.bn_recalibration_batches, metrics=None, directory=ctx.run_dir("teacher"))
         teacher, log = result.model, _log(result, objective, config.teacher_epochs)
     path = ctx.path("models", "teacher_densenet121.keras")
     teacher.save(path)
@@ -206,15 +206,16 @@ def _student_run(ctx: RunContext, fraction: float, name: str, method: str, beta:
     if method == "tl":
         objective = {"name": "hard_label", "task": head.loss_task}
     else:
-        objective = {"name": "attention_transfer", "student_taps": [STUDENT_TAPS[name]],
-                     "teacher_taps": [TEACHER_TAP], "beta": beta, "variant": config.variant, "task": head.loss_task}
+        student_tap, teacher_tap = config.taps(name)
+        objective = {"name": "attention_transfer", "student_taps": [student_tap],
+                     "teacher_taps": [teacher_tap], "beta": beta, "variant": config.variant, "task": head.loss_task}
     steps = math.ceil(len(train_records) / config.batch_size)
     total = steps * config.epochs
     result = train(student, _make_stream(train_records, config, seed), epochs=config.epochs,
                    learning_rate=schedule(config, steps), objective=objective, teacher=teacher,
                    validation=make_score_fn(data.val, config.preprocess(), "auc"),
-                   validate_every_steps=max(1, total // max(1, config.curve_points)), bn_batches=BN_BATCHES,
-                   metrics=None, directory=ctx.run_dir(key))
+                   validate_every_steps=max(1, total // max(1, config.curve_points)),
+                   bn_batches=config.bn_recalibration_batches, metrics=None, directory=ctx.run_dir(key))
     log = _log(result, objective, config.epochs)
     path = ctx.path("models", "runs", f"{key}.keras")
     result.model.save(path)
