@@ -1,6 +1,8 @@
 """Study 002 end to end: a ResNet50 teacher, lightweight students trained on labeled B-scans (baseline) and on
 labeled + teacher-pseudo-labeled unlabeled B-scans (the student-teacher framework), evaluated with clinical
-metrics, exported for the edge and timed per volume against the teacher.
+metrics, exported for the edge and timed per volume against the teacher. ``--preset paper`` runs 002 as published
+(docs/paper_presets.md: ImageNet ResNet50 teacher, 29 students, 0-100% of the pool, the soft-target grid, 6 learning
+rates x 5 runs): on ~540k real B-scans about 10^5 CPU-hours, decades on this 2-core machine (the paper used 8 GPUs).
 
 The recipe (study "002" in ``../shared/papers/``, the student-teacher framework with unlabeled OCT B-scans):
 
@@ -57,7 +59,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from kd_keras.runner import RunContext, Stage, Study
+from kd_keras.runner import RunContext, Stage, Study, fingerprint_files
 from kd_keras.studies import oct_report
 from kd_keras.studies.oct_config import (
     FLAGS,
@@ -116,12 +118,22 @@ class OCTStudy(Study):
                 "unlabeled; tests: " + ", ".join(f"{k} ({len(v)})" for k, v in data.tests.items()))
         return data
 
+    def fingerprint(self, ctx: RunContext) -> dict[str, dict[str, Any]]:
+        data = ctx.data
+        parts = {"train": data.train, "validation": data.validation, "pool": data.pool, **{
+            f"test:{name}": records for name, records in data.tests.items()}}
+        return {part: fingerprint_files([] if records.paths is None else list(records.paths))
+                for part, records in parts.items()}
+
     def stages(self, ctx: RunContext) -> list[Stage]:
-        students = [Stage(f"student-{name}", lambda ctx, name=name: student_stage(ctx, name))
-                    for name in ctx.config.students]
-        return [Stage("teacher", teacher_stage), Stage("pseudo_labels", pseudo_label_stage), *students,
-                Stage("evaluation", evaluation_stage), Stage("export", export_stage),
-                Stage("latency", latency_stage)]
+        tests = tuple(f"test:{name}" for name in ctx.data.tests)
+        # Each student run records its test AUC too, so a changed test set is read from the students on.
+        students = [Stage(f"student-{name}", lambda ctx, name=name: student_stage(ctx, name),
+                          ("train", "validation", "pool", *tests)) for name in ctx.config.students]
+        return [Stage("teacher", teacher_stage, ("train", "validation")),
+                Stage("pseudo_labels", pseudo_label_stage, ("train", "pool")), *students,
+                Stage("evaluation", evaluation_stage), Stage("export", export_stage, ("train", "validation")),
+                Stage("latency", latency_stage, ())]
 
     def results(self, ctx: RunContext) -> dict[str, Any]:
         return _results(ctx)

@@ -1,4 +1,6 @@
 """Study 003: SimCLR self-supervised pretraining + knowledge distillation for referable DR with few labels.
+``--preset paper`` runs 003 as published (docs/paper_presets.md: SimCLR ResNet50 100 epochs, densenet201 student
+200 + 100 epochs, 299 px, EyePACS via --data): months on this 2-core CPU, days on one GPU.
 
 The four stages of its Fig. 1, on a binary task (referable DR, or any binary set):
 
