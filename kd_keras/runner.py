@@ -40,6 +40,7 @@ results = run_study(Tiny(), TinyConfig(), "runs/tiny", resume=True)
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -54,7 +55,7 @@ from typing import Any, ClassVar
 from kd_keras.config import config_to_dict, write_config
 
 __all__ = ["Flag", "RunContext", "RunError", "Stage", "StageFailedError", "StageStore", "Study", "expected_errors",
-           "run_study"]
+           "fingerprint_files", "run_study"]
 
 STAGES_DIR = "stages"
 RUNS_DIR = "runs"
@@ -78,10 +79,17 @@ class StageFailedError(RuntimeError):
 
 @dataclass(frozen=True)
 class Stage:
-    """A named step of a study: ``run(ctx)`` returns a JSON-ready dict, recorded when it returns."""
+    """A named step of a study: ``run(ctx)`` returns a JSON-ready dict, recorded when it returns.
+
+    Attributes:
+        depends: the parts of the data (keys of :meth:`Study.fingerprint`) the stage reads; ``None``: all. When a
+            resumed run finds that a part changed, the first stage that reads it and every stage after it are
+            computed again.
+    """
 
     name: str
     run: Callable[[RunContext], dict[str, Any]]
+    depends: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +167,55 @@ class StageStore:
     def path(self, name: str) -> Path:
         return self.dir / f"{_file_name(name)}.json"
 
+    @property
+    def _log(self) -> Path:
+        return self.dir / "order.txt"
+
+    def finished(self) -> list[str]:
+        """Names of the recorded stages and sub-steps, in the order they finished."""
+        if not self._log.is_file():
+            return []
+        return [line for line in self._log.read_text().splitlines() if line and self.path(line).is_file()]
+
+    def data_changes(self, fingerprint: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+        """Parts of the data whose fingerprint differs from the one recorded by the run in this folder
+        (``{part: "40 -> 43 files"}``), then record ``fingerprint``. Nothing when no fingerprint was recorded."""
+        path = self.dir / "data.json"
+        before = json.loads(path.read_text()) if path.is_file() else None
+        _write_json(path, dict(fingerprint))
+        if before is None:
+            return {}
+        changes = {}
+        for part in sorted(set(before) | set(fingerprint)):
+            old, new = before.get(part), fingerprint.get(part)
+            if old == new:
+                continue
+            if old is None or new is None:
+                changes[part] = f"new, {new['files']} files" if old is None else f"gone, was {old['files']} files"
+            elif old["files"] != new["files"]:
+                changes[part] = f"{old['files']} -> {new['files']} files"
+            else:
+                changes[part] = f"{new['files']} files, some changed (size or time)"
+        return changes
+
+    def invalidate_after(self, keep_through: str | None) -> Path | None:
+        """Move every record finished after stage ``keep_through`` (all when ``None``) and every training
+        checkpoint aside to ``<out>/previous/<time>-stale/``: never deleted, never reused."""
+        finished = self.finished()
+        cut = finished.index(keep_through) + 1 if keep_through in finished else 0
+        stale = finished[cut:]
+        runs = self.out / RUNS_DIR
+        if not stale and not runs.exists():
+            return None
+        target = self.out / PREVIOUS_DIR / (time.strftime("%Y%m%d-%H%M%S") + "-stale")
+        (target / STAGES_DIR).mkdir(parents=True, exist_ok=True)
+        for name in stale:
+            shutil.move(str(self.path(name)), str(target / STAGES_DIR / self.path(name).name))
+        if runs.exists():
+            shutil.move(str(runs), str(target / RUNS_DIR))
+        self._log.write_text("".join(f"{name}\n" for name in finished[:cut]))
+        return target
+
     def get(self, name: str) -> dict[str, Any] | None:
         """The recorded result of stage ``name``, or ``None`` when it has not finished."""
         path = self.path(name)
@@ -170,6 +227,8 @@ class StageStore:
     def put(self, name: str, value: Mapping[str, Any]) -> dict[str, Any]:
         """Record stage ``name`` atomically; returns the value as read back (plain JSON types)."""
         _write_json(self.path(name), dict(value))
+        with open(self._log, "a") as log:
+            log.write(f"{name}\n")
         return json.loads(self.path(name).read_text())
 
 
@@ -253,6 +312,11 @@ class Study:
     def prepare(self, ctx: RunContext) -> Any:
         raise NotImplementedError
 
+    def fingerprint(self, ctx: RunContext) -> dict[str, dict[str, Any]]:
+        """The prepared data's parts (``{"train": fingerprint_files(paths), ...}``); ``--resume`` compares them
+        with the run's and computes again what a changed part feeds (default: no parts, nothing compared)."""
+        return {}
+
     def stages(self, ctx: RunContext) -> list[Stage]:
         raise NotImplementedError
 
@@ -265,6 +329,24 @@ class Study:
     def summary_lines(self, results: dict[str, Any]) -> list[str]:
         """The one-screen summary printed at the end of a run."""
         return []
+
+
+def fingerprint_files(paths: Sequence[str]) -> dict[str, Any]:
+    """``{"files": n, "digest": sha256}`` over each file's path, size and modification time (no pixels read)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            info = os.stat(path)
+            digest.update(f"{path}\t{info.st_size}\t{info.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\tmissing\n".encode())
+    return {"files": len(paths), "digest": digest.hexdigest()}
+
+
+# Operating-system failures that are the user's to fix: a full disk, a folder without write permission.
+_USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def expected_errors(study: Study) -> tuple[type[BaseException], ...]:
@@ -320,12 +402,29 @@ def run_study(
     t = time.perf_counter()
     ctx.data = study.prepare(ctx)
     ctx.timing["data"] = round(time.perf_counter() - t, 2)
+    stages = study.stages(ctx)
+    changes = store.data_changes(study.fingerprint(ctx))
+    if changes and resume:
+        first = next((i for i, stage in enumerate(stages)
+                      if stage.depends is None or set(stage.depends) & set(changes)), len(stages))
+        moved = store.invalidate_after(stages[first - 1].name if first > 0 else None)
+        what = "; ".join(f"{part}: {change}" for part, change in changes.items())
+        again = f"computing again from stage {stages[first].name!r} on" if first < len(stages) else "no stage reads it"
+        say(f"--resume: the data changed since this run started ({what}): {again}")
+        if moved is not None:
+            say(f"  the results that depended on the old data were moved to {moved}")
     expected = expected_errors(study)
-    for stage in study.stages(ctx):
+    for stage in stages:
         try:
             ctx.stage(stage.name, lambda stage=stage: stage.run(ctx))
         except expected:
             raise
+        except OSError as error:
+            if error.errno not in _USER_ERRNOS:
+                raise StageFailedError(stage.name, out) from error
+            raise RunError(f"stage {stage.name!r}: cannot write {error.filename or out}: {error.strerror}; free "
+                           "space or fix the permission, then --resume continues from the last finished stage"
+                           ) from None
         except Exception as error:
             raise StageFailedError(stage.name, out) from error
     ctx.timing["total"] = round(time.perf_counter() - start, 2)

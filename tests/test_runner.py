@@ -217,3 +217,78 @@ def test_command_line():
         "error: student_objectives: unknown objective 'hintn'; registered: attention_transfer, conditional")
     typo = kd_keras("run", "oct", "--set", "studnets=[a]")
     assert typo.returncode == 2 and "unknown setting 'studnets' (did you mean 'students'?)" in typo.stderr
+
+
+# ------------------------------------------------------------------------------------------ data changed
+
+
+class FileStudy(Study):
+    """Stages over files: "fit" reads the training files, "score" the test files."""
+
+    name, title = "toy", "files"
+    config_class, presets = ToyConfig, PRESETS
+
+    def __init__(self, root: Path):
+        self.root, self.calls = root, []
+
+    def prepare(self, ctx):
+        return {part: sorted(str(p) for p in (self.root / part).iterdir()) for part in ("train", "test")}
+
+    def fingerprint(self, ctx):
+        from kd_keras.runner import fingerprint_files
+
+        return {part: fingerprint_files(paths) for part, paths in ctx.data.items()}
+
+    def stages(self, ctx):
+        def fit(ctx):
+            self.calls.append("fit")
+            inner = ctx.stage("fit/epoch1", lambda: {"n": len(ctx.data["train"])})
+            return {"n": inner["n"]}
+
+        def score(ctx):
+            self.calls.append("score")
+            return {"n": len(ctx.data["test"]), "fit": ctx.outputs["fit"]["n"]}
+
+        return [Stage("fit", fit, ("train",)), Stage("score", score, ("test",))]
+
+    def results(self, ctx):
+        return dict(ctx.outputs)
+
+
+def test_resume_after_the_data_changed_computes_again_what_it_feeds(tmp_path):
+    for part, count in (("train", 3), ("test", 2)):
+        (tmp_path / part).mkdir()
+        for i in range(count):
+            (tmp_path / part / f"{i}.png").write_bytes(b"x" * (i + 1))
+    out, config, lines = tmp_path / "run", resolve(), []
+    run_study(FileStudy(tmp_path), config, out, say=lines.append)
+    (tmp_path / "test" / "9.png").write_bytes(b"new")  # a test image added
+    study = FileStudy(tmp_path)
+    results = run_study(study, config, out, resume=True, say=lines.append)
+    assert study.calls == ["score"] and results["score"] == {"n": 3, "fit": 3}  # the fit is still valid
+    assert any("the data changed since this run started (test: 2 -> 3 files): computing again from stage 'score'"
+               in line for line in lines)
+    stale = [p for p in (out / "previous").iterdir() if p.name.endswith("-stale")]
+    assert len(stale) == 1 and json.loads((stale[0] / "stages" / "score.json").read_text())["n"] == 2
+    (tmp_path / "train" / "0.png").write_bytes(b"changed!")  # same count, other size: the fit is stale too
+    study = FileStudy(tmp_path)
+    run_study(study, config, out, resume=True, say=lines.append)
+    assert study.calls == ["fit", "score"]
+    assert "train: 3 files, some changed (size or time)" in lines[-2]
+    again = FileStudy(tmp_path)
+    run_study(again, config, out, resume=True, say=lines.append)
+    assert again.calls == []  # nothing changed: everything read back
+
+
+def test_a_full_disk_is_one_line_and_names_the_stage(tmp_path):
+    import errno
+
+    class Full(Toy):
+        def stages(self, ctx):
+            def run(ctx):
+                raise OSError(errno.ENOSPC, "No space left on device", str(ctx.out / "models" / "x.keras"))
+
+            return [Stage("write", run)]
+
+    with pytest.raises(RunError, match=r"stage 'write': cannot write .*x.keras: No space left on device; free space"):
+        run_study(Full(), resolve(), tmp_path / "run", say=lambda _: None)

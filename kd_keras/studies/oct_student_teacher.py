@@ -1,8 +1,6 @@
 """Study 002 end to end: a ResNet50 teacher, lightweight students trained on labeled B-scans (baseline) and on
 labeled + teacher-pseudo-labeled unlabeled B-scans (the student-teacher framework), evaluated with clinical
-metrics, exported for the edge and timed per volume against the teacher. ``--preset paper`` runs 002 as published
-(docs/paper_presets.md: ImageNet ResNet50 teacher, 29 students, 0-100% of the pool, the soft-target grid, 6 learning
-rates x 5 runs): on ~540k real B-scans about 10^5 CPU-hours, decades on this 2-core machine (the paper used 8 GPUs).
+metrics, exported for the edge and timed per volume against the teacher.
 
 The recipe (study "002" in ``../shared/papers/``, the student-teacher framework with unlabeled OCT B-scans):
 
@@ -80,7 +78,10 @@ __all__ = ["HELDOUT_TEST", "METHODS", "PRESETS", "STUDY", "SYNTHETIC_TEST", "OCT
 
 
 class OCTStudy(Study):
-    """Study 002 for the runner: data, teacher, pseudo-labels, students, evaluation, export, latency."""
+    """Study 002 for the runner: data, teacher, pseudo-labels, students, evaluation, export, latency.
+    ``--preset paper`` runs 002 as published (docs/paper_presets.md: ImageNet ResNet50 teacher, 29 students, 0-100%
+    of the pool, the soft-target grid, 6 learning rates x 5 runs): on ~540k real B-scans about 10^5 CPU-hours,
+    decades on this 2-core machine (the paper used 8 GPUs)."""
 
     name = "oct"
     title = "002 OCT student-teacher"
