@@ -1,6 +1,4 @@
 """Study 004: attention transfer from a DenseNet-121 teacher into DenseNet-121 and DenseNet-40 students.
-``--preset paper`` runs 004 as published (docs/paper_presets.md: 8 betas x 2 students x the size sweep, up to 128
-epochs at 256 px on CheXpert-sized data via --data): years on this 2-core CPU, weeks on one GPU.
 
 The protocol (Akbarian et al.; CheXpert, ChestX-ray8, DR):
 
@@ -76,7 +74,9 @@ __all__ = ["PRESETS", "STUDENT_TAPS", "STUDY", "TEACHER_TAP", "ATConfig", "ATDat
 
 
 class AttentionStudy(Study):
-    """Study 004 for the runner: data, teacher, student runs (TL and AT per beta and size), evaluation, curves."""
+    """Study 004 for the runner: data, teacher, student runs (TL and AT per beta and size), evaluation, curves.
+    ``--preset paper`` runs 004 as published (docs/paper_presets.md: 8 betas x 2 students x the size sweep, up to
+    128 epochs at 256 px on CheXpert-sized data via --data): years on this 2-core CPU, weeks on one GPU."""
 
     name = "attention"
     title = "004 attention transfer teacher-student"

@@ -1,6 +1,4 @@
 """Study 000: knowledge distillation with transfer learning and unlabeled random images (diabetic retinopathy).
-``--preset paper`` runs 000 as published (docs/paper_presets.md: 5 folds, ImageNet VGG16 teacher, 3 students x 4
-variants x 300 epochs at 300 px, 20,000 random images via --pool): months on this 2-core CPU, days on one GPU.
 
 The protocol, per fold of a 5-fold patient-level cross-validation:
 
@@ -86,7 +84,9 @@ def _expected() -> tuple[type[BaseException], ...]:
 
 
 class DRKDStudy(Study):
-    """Study 000 for the runner: per fold, the teacher, then every student x variant."""
+    """Study 000 for the runner: per fold, the teacher, then every student x variant. ``--preset paper`` runs 000
+    as published (docs/paper_presets.md: 5 folds, ImageNet VGG16 teacher, 3 students x 4 variants x 300 epochs at
+    300 px, 20,000 random images via --pool): months on this 2-core CPU, days on one GPU."""
 
     name = "dr"
     title = "000 KD with transfer learning and unlabeled random images (diabetic retinopathy)"

@@ -1,6 +1,4 @@
 """Study 003: SimCLR self-supervised pretraining + knowledge distillation for referable DR with few labels.
-``--preset paper`` runs 003 as published (docs/paper_presets.md: SimCLR ResNet50 100 epochs, densenet201 student
-200 + 100 epochs, 299 px, EyePACS via --data): months on this 2-core CPU, days on one GPU.
 
 The four stages of its Fig. 1, on a binary task (referable DR, or any binary set):
 
@@ -75,7 +73,9 @@ TRAININGS = ("simclr", "teacher_finetune", "student_pseudo", "student_finetune")
 
 
 class SimCLRStudy(Study):
-    """Study 003 for the runner: SimCLR, fine-tune, pseudo-labels, student, baselines, evaluation, t-SNE."""
+    """Study 003 for the runner: SimCLR, fine-tune, pseudo-labels, student, baselines, evaluation, t-SNE.
+    ``--preset paper`` runs 003 as published (docs/paper_presets.md: SimCLR ResNet50 100 epochs, densenet201
+    student 200 + 100 epochs, 299 px, EyePACS via --data): months on this 2-core CPU, days on one GPU."""
 
     name = "simclr"
     title = "003 SimCLR pretraining + knowledge distillation"
