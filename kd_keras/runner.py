@@ -55,7 +55,7 @@ from typing import Any, ClassVar
 from kd_keras.config import config_to_dict, write_config
 
 __all__ = ["Flag", "RunContext", "RunError", "Stage", "StageFailedError", "StageStore", "Study", "expected_errors",
-           "fingerprint_files", "run_study"]
+           "fingerprint_files", "fingerprint_parts", "run_study"]
 
 STAGES_DIR = "stages"
 RUNS_DIR = "runs"
@@ -343,6 +343,13 @@ def fingerprint_files(paths: Sequence[str]) -> dict[str, Any]:
         except OSError:
             digest.update(f"{path}\tmissing\n".encode())
     return {"files": len(paths), "digest": digest.hexdigest()}
+
+
+def fingerprint_parts(parts: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """:func:`fingerprint_files` of each part's ``paths`` (a :class:`~kd_keras.data.records.Records` table);
+    a part without files (arrays) counts its rows only."""
+    return {name: fingerprint_files(list(getattr(part, "paths", None) or [])) | {"rows": len(part)}
+            for name, part in parts.items()}
 
 
 # Operating-system failures that are the user's to fix: a full disk, a folder without write permission.

@@ -47,7 +47,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from kd_keras.runner import RunContext, Stage, Study
+from kd_keras.runner import RunContext, Stage, Study, fingerprint_parts
 from kd_keras.studies import attention_report
 from kd_keras.studies.attention_config import (
     FLAGS,
@@ -104,6 +104,11 @@ class AttentionStudy(Study):
         records = data.records
         ctx.say(f"{len(records)} images, task {records.task}, classes {records.class_names}")
         return data
+
+
+    def fingerprint(self, ctx: RunContext) -> dict[str, dict[str, Any]]:
+        """The data's files: ``--resume`` after they changed computes every stage again."""
+        return fingerprint_parts({"data": ctx.data.records})
 
     def stages(self, ctx: RunContext) -> list[Stage]:
         return [Stage("teacher", teacher_stage), *student_stages(ctx.config), Stage("evaluation", evaluation_stage),

@@ -53,7 +53,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from kd_keras.runner import RunContext, Stage, Study
+from kd_keras.runner import RunContext, Stage, Study, fingerprint_parts
 from kd_keras.studies import dr_report
 from kd_keras.studies.dr_config import (
     FLAGS,
@@ -118,6 +118,11 @@ class DRKDStudy(Study):
         ctx.say(f"labeled {len(data.labeled)} ({data.labeled.class_counts()}), pool {len(data.pool)}, "
                 f"{len(data.folds)} of {ctx.config.folds} folds")
         return data
+
+
+    def fingerprint(self, ctx: RunContext) -> dict[str, dict[str, Any]]:
+        """The data's files: ``--resume`` after they changed computes every stage again."""
+        return fingerprint_parts({"labeled": ctx.data.labeled, "pool": ctx.data.pool})
 
     def stages(self, ctx: RunContext) -> list[Stage]:
         config, stages = ctx.config, []

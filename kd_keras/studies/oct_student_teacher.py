@@ -57,7 +57,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from kd_keras.runner import RunContext, Stage, Study, fingerprint_files
+from kd_keras.runner import RunContext, Stage, Study, fingerprint_parts
 from kd_keras.studies import oct_report
 from kd_keras.studies.oct_config import (
     FLAGS,
@@ -123,8 +123,7 @@ class OCTStudy(Study):
         data = ctx.data
         parts = {"train": data.train, "validation": data.validation, "pool": data.pool, **{
             f"test:{name}": records for name, records in data.tests.items()}}
-        return {part: fingerprint_files([] if records.paths is None else list(records.paths))
-                for part, records in parts.items()}
+        return fingerprint_parts(parts)
 
     def stages(self, ctx: RunContext) -> list[Stage]:
         tests = tuple(f"test:{name}" for name in ctx.data.tests)

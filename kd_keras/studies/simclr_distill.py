@@ -41,7 +41,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from kd_keras.runner import RunContext, Stage, Study
+from kd_keras.runner import RunContext, Stage, Study, fingerprint_parts
 from kd_keras.studies.simclr_config import (
     BASELINES,
     FLAGS,
@@ -110,6 +110,12 @@ class SimCLRStudy(Study):
         data = prepare_data(ctx.config, ctx.out, ctx.say)
         ctx.say("data: " + ", ".join(f"{k} {v}" for k, v in data.split().items()))
         return data
+
+
+    def fingerprint(self, ctx: RunContext) -> dict[str, dict[str, Any]]:
+        """The data's files: ``--resume`` after they changed computes every stage again."""
+        tests = {f"test:{name}": records for name, records in ctx.data.tests.items()}
+        return fingerprint_parts({"data": ctx.data.records, "pool": ctx.data.pool, **tests})
 
     def stages(self, ctx: RunContext) -> list[Stage]:
         baselines = [Stage(f"baseline-{b}", lambda ctx, b=b: baseline_stage(ctx, b)) for b in ctx.config.baselines]
