@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -63,11 +64,23 @@ def test_every_output_is_written(smoke_run):
         assert heading in report
 
 
+def test_report_names_the_predict_command_of_the_deployed_student(smoke_run):
+    out, _ = smoke_run
+    results = json.loads((out / "results.json").read_text())
+    from kd_keras.studies.oct_report import predict_command
+
+    command = predict_command(results)
+    assert command.startswith("kd-keras predict ") and f"    {command}" in (out / "report.md").read_text()
+    path = Path(command.split()[2])
+    assert path.name == "mobilenet_wd4_fp32.tflite" and path.is_file()  # smoke exports fp32 and ONNX only
+
+
 def test_results_json_structure_and_numbers(smoke_run):
     out, _ = smoke_run
     results = json.loads((out / "results.json").read_text())
     assert results["seed"] == 0 and results["config"]["preset"] == "smoke"
-    assert "tensorflow" in " ".join(results["environment"]["packages"]) or results["environment"]["packages"]
+    packages = results["environment"]["packages"]  # name -> installed version
+    assert packages["keras"] == metadata.version("keras") and {"tensorflow", "tensorflow-cpu"} & set(packages)
     data = results["data"]
     assert data["labeled_train"] > 0 and data["unlabeled"] > 0 and data["test_sets"] == ["synthetic_test"]
     assert data["cluster_unit"] == "volume" and data["skipped_files"] == []

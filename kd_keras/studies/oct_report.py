@@ -257,6 +257,26 @@ def table_export(results: dict) -> str:
                            "parity passed"], rows)
 
 
+def predict_command(results: dict) -> str | None:
+    """The ``kd-keras predict`` line for the recommended student's smallest file that passed its parity gate
+    (int8, then fp16, dynamic, fp32 TFLite, then ONNX): what to run on a volume beside the instrument."""
+    order = {"int8": 0, "fp16": 1, "dynamic": 2, "fp32": 3}
+    candidates = []
+    for name, student in results.get("students", {}).items():
+        for f in (student.get("export") or {}).get("files", []):
+            if (f.get("parity") or {}).get("passed"):
+                rank = order.get(f.get("variant"), 4) if f.get("format") != "onnx" else 5
+                candidates.append((name != _recommended(results), rank, f["path"]))
+    if not candidates:
+        return None
+    return f"kd-keras predict {min(candidates)[2]} VOLUME_FOLDER_OR_TIFF ... --out predictions/"
+
+
+def _recommended(results: dict) -> str | None:
+    text = recommend(results)
+    return next((name for name in results.get("students", {}) if f"Deploy **{name}**" in text), None)
+
+
 def write_report(results: dict, out_dir: Path, roc_data: dict | None = None) -> Path:
     """Write ``report.md`` (and the plots) under ``out_dir``."""
     out_dir = Path(out_dir)
@@ -287,8 +307,12 @@ def write_report(results: dict, out_dir: Path, roc_data: dict | None = None) -> 
               f"{lat.get('images_per_volume', '-')} images per volume, batch {lat.get('batch_size', '-')}, "
               f"{lat.get('threads', '-')} threads, median of {lat.get('repeats', '-')} volumes; load average before: "
               f"{(lat.get('conditions') or {}).get('load_average_1_5_15')}.", "",
-              table_latency(results), "", "## Exported files", "", table_export(results), "",
-              "## Time", "", ", ".join(f"{k} {v:.0f} s" for k, v in results.get("timing_seconds", {}).items()), "",
+              table_latency(results), "", "## Exported files", "", table_export(results), ""]
+    command = predict_command(results)
+    if command:
+        lines += ["Flag the B-scans of interest in whole volumes with the edge runtime alone (no TensorFlow; the "
+                  "preprocessing comes from the file's sidecar):", "", f"    {command}", ""]
+    lines += ["## Time", "", ", ".join(f"{k} {v:.0f} s" for k, v in results.get("timing_seconds", {}).items()), "",
               "## Figures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     path = out_dir / "report.md"
