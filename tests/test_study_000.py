@@ -161,3 +161,59 @@ def test_offline_imagenet_is_one_line_and_exit_2(tmp_path, cxr_dir):
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "imagenet" in last.lower() and "Traceback" not in proc.stderr
+
+
+def test_each_substep_trains_on_its_own_data(monkeypatch, tmp_path):
+    """(a) ``ul`` sees only the random-image pool (labeled = 0, soft targets), (b) ``kd`` and (c) ``hard`` only the
+    fold's labeled images. Cheap: the trainings are replaced by reading one epoch of the stream each would get."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    import kd_keras.models
+    from kd_keras.config import resolve_config
+    from kd_keras.data.records import Records
+    from kd_keras.studies import dr_stages
+    from kd_keras.studies.dr_config import PRESETS, DRKDConfig
+
+    config = resolve_config(DRKDConfig, PRESETS, preset="smoke")
+    size = config.image_size
+
+    def array_records(n, value, task):
+        labels = np.arange(n) % 2 if task == "binary" else np.full(n, -1)
+        return Records(paths=None, labels=labels.astype("int64"), patients=np.array([f"p{i}" for i in range(n)],
+                       dtype=object), class_names=("0", "1") if task == "binary" else (), task=task,
+                       images=np.full((n, size, size, 3), value, dtype="uint8"), array_index=np.arange(n))
+
+    train, test = array_records(10, 200, "binary"), array_records(4, 200, "binary")
+    pool = array_records(6, 0, "unlabeled")
+    seen = {}
+
+    def fake_train(ctx, name, model, make_stream, objective, teacher, epochs, learning_rate):
+        batches = list(make_stream().take(8).as_numpy_iterator())
+        seen[name.rsplit("/", 1)[-1]] = (objective["name"], np.concatenate([b["labeled"] for b in batches]),
+                                         np.concatenate([b["image"] for b in batches]))
+        return {}
+
+    class Model:
+        def save(self, path):
+            pass
+
+    monkeypatch.setattr(dr_stages, "_train", fake_train)
+    monkeypatch.setattr(dr_stages, "_fresh_start", lambda config, seed: None)
+    monkeypatch.setattr(kd_keras.models, "build_model", lambda *args, **kwargs: Model())
+    monkeypatch.setattr(kd_keras.models, "load_model", lambda path: Model())
+    ctx = SimpleNamespace(config=config, data=SimpleNamespace(folds=[(train, test)], pool=pool),
+                          outputs={"fold0/teacher": {"path": "teacher.keras"}}, run_dir=lambda name: tmp_path)
+    previous = None
+    for index, _ in enumerate(dr_stages.VARIANTS["kd_ul"][1]):
+        previous = dr_stages._substep(ctx, 0, "simple10", "kd_ul", index, previous)["path"]
+
+    assert set(seen) == {"ul", "kd", "hard"}
+    objective, labeled, images = seen["ul"]
+    assert objective == "conditional" and len(labeled) % len(pool) == 0 and not labeled.any()
+    assert images.max() < 100, "the pool's (black) images, not the labeled (bright) ones"
+    for step in ("kd", "hard"):
+        objective, labeled, images = seen[step]
+        assert len(labeled) % len(train) == 0 and labeled.all() and images.min() > 100
+    assert seen["kd"][0] == "conditional" and seen["hard"][0] == "hard_label"
