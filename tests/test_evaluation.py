@@ -102,15 +102,18 @@ def test_bootstrap_matches_exact_enumeration():
     ci = clustered_bootstrap(np.mean, (correct,), clusters, n_boot=n_boot, seed=3)
     assert ci.estimate == pytest.approx(2 / 3)
     assert ci.low == 0.0 and ci.high == 1.0  # 2.5% and 97.5% quantiles fall in the BB and AA atoms
-    # Re-draw the same replicates to check the atom frequencies.
-    rng = np.random.default_rng(3)
-    seen = {0.0: 0, 2 / 3: 0, 1.0: 0}
-    for _ in range(n_boot):
-        picked = rng.integers(0, 2, size=2)
-        vals = np.concatenate([correct[:2] if c == 0 else correct[2:] for c in picked])
-        seen[min(seen, key=lambda k: abs(k - vals.mean()))] += 1
-    assert seen[0.0] / n_boot == pytest.approx(0.25, abs=0.03)
-    assert seen[2 / 3] / n_boot == pytest.approx(0.5, abs=0.03)
+    # The replicates the bootstrap itself evaluates: whole clusters, so AA has 4 examples, AB 3 and BB 2 (resampling
+    # examples instead would always give 3).
+    replicates = []
+    clustered_bootstrap(lambda x: replicates.append(x.copy()) or float(np.mean(x)), (correct,), clusters,
+                        n_boot=n_boot, seed=3)
+    replicates = replicates[1:]  # the first call is the point estimate on the data
+    assert len(replicates) == n_boot
+    sizes = np.array([len(r) for r in replicates])
+    assert set(sizes.tolist()) == {2, 3, 4}
+    assert all(r.mean() == {4: 1.0, 3: 2 / 3, 2: 0.0}[len(r)] for r in replicates)
+    assert np.mean(sizes == 2) == pytest.approx(0.25, abs=0.03)
+    assert np.mean(sizes == 3) == pytest.approx(0.5, abs=0.03)
 
 
 def test_clustered_ci_is_wider_than_naive_on_correlated_data():
