@@ -49,6 +49,8 @@ PROBLEMS = {
     "ignored_file": "not an image file; not used",
     "own_patient": "no patient rule matched; the file is its own patient",
     "duplicate_content": "byte-identical to another file",
+    "held_out_overlap": "also a labeled, validation or test image",
+    "ignored_class": "class folder left out",
 }
 ACTIONS = ("skipped", "refused", "note")
 _LOGGED_KINDS_AS_INFO = ("ignored_file", "own_patient", "duplicate_content")

@@ -104,10 +104,9 @@ def from_class_folders(
         for entry in sorted(os.scandir(folder), key=lambda e: e.name):
             if is_ignored_name(entry.name):
                 report.note("ignored_file", entry.path, "hidden or system entry; not used")
-            elif entry.is_dir(follow_symlinks=False):
+            elif entry.is_dir(follow_symlinks=False) or (entry.is_symlink() and os.path.isdir(entry.path)):
+                # A class folder that is a symlink in the data root is the user's explicit choice: read it.
                 seen_classes.add(entry.name)
-            elif entry.is_symlink() and os.path.isdir(entry.path):
-                report.note("ignored_file", entry.path, "symlinked folder; not followed")
             elif os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
                 policy.bad("no_class_folder", entry.path, "image is not inside a class folder; its class is unknown")
             else:
@@ -124,10 +123,10 @@ def from_class_folders(
     for split_name, folder in parts:
         for label, name in enumerate(class_names):
             class_dir = os.path.join(folder, name)
-            if os.path.islink(class_dir):
-                found, problem = [], "class folder is a symlink (not followed)"
-            elif os.path.isdir(class_dir):
-                found = scan_images(class_dir, report, real_root, True, on_bad_file, allow_outside_root)
+            if os.path.isdir(class_dir):
+                # Through a symlinked class folder, paths are checked against the folder it leads to.
+                inside = os.path.realpath(class_dir) if os.path.islink(class_dir) else real_root
+                found = scan_images(class_dir, report, inside, True, on_bad_file, allow_outside_root)
                 problem = "class folder holds no images"
             else:
                 found, problem = [], "class folder is missing"

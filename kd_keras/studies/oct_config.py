@@ -21,7 +21,8 @@ from typing import Any
 from kd_keras.config import config_to_dict
 from kd_keras.runner import Flag, RunError
 
-__all__ = ["FLAGS", "HELDOUT_TEST", "METHODS", "OCTStudyConfig", "PAPER_STUDENTS", "PRESETS", "SOFT_TARGET_FORMS",
+__all__ = ["DUPLICATE_LABEL_POLICIES", "FILE_CHECKS", "FLAGS", "HELDOUT_TEST", "HELD_OUT_OVERLAP_POLICIES",
+           "KNOWN_ABNORMAL_CLASSES", "METHODS", "OCTStudyConfig", "PAPER_STUDENTS", "PRESETS", "SOFT_TARGET_FORMS",
            "SYNTHETIC_TEST", "StudyError", "adjust_settings"]
 
 METHODS = ("pseudo", "soft", "both")
@@ -40,6 +41,12 @@ PAPER_STUDENTS = (
 )
 SYNTHETIC_TEST = "synthetic_test"
 HELDOUT_TEST = "heldout_test"
+# Class folders counted as abnormal with no option: OCT2017 (CNV, DME, DRUSEN), the Kermany chest X-rays
+# (PNEUMONIA) and a folder already named for the task. Any other folder is refused by name, never merged silently.
+KNOWN_ABNORMAL_CLASSES = ("CNV", "DME", "DRUSEN", "PNEUMONIA", "ABNORMAL")
+HELD_OUT_OVERLAP_POLICIES = ("refuse", "drop")
+DUPLICATE_LABEL_POLICIES = ("refuse", "keep", "drop")
+FILE_CHECKS = ("header", "decode")
 
 
 class StudyError(RunError):
@@ -61,7 +68,19 @@ class OCTStudyConfig:
             ``data_dir``), ``test_fraction`` of the labeled patients is held out as ``heldout_test``.
         labeled_fraction: keep the labels of this fraction of the training *patients*; the others' images join
             the unlabeled pool without their labels (their true labels only score the pseudo-labels).
-        normal_class: the class folder that is negative; every other class is "abnormal" (002's task).
+        normal_class: the class folder that is negative (002's task: normal vs abnormal).
+        abnormal_classes: the class folders that are "abnormal" (default: CNV, DME, DRUSEN, PNEUMONIA,
+            ABNORMAL); a folder that is neither these nor ``normal_class`` is refused by name, never merged.
+        ignored_classes: class folders to leave out (e.g. ``misc``), reported.
+        held_out_overlap: an unlabeled-pool image that is also a labeled, validation or test image (same path,
+            symlink, hard link or identical bytes): ``"refuse"`` the run (default) or ``"drop"`` it from the
+            pool (reported). A test image that is also a training or validation image is always refused.
+        duplicate_labels: one image (identical bytes) in two class folders: ``"refuse"`` (default), ``"keep"``
+            every copy with its folder's label, or ``"drop"`` every copy; shown on screen and in the report.
+        file_check: how every labeled, pool and test file is checked before training: ``"header"`` (signature
+            and the JPEG/PNG end marker: catches empty, non-image and truncated files; ~0.05 s per 1,000
+            B-scans) or ``"decode"`` (decodes each image too: also corrupt data inside a complete file; ~2 s
+            per 1,000 496x512 B-scans on one core). Bad files are left out and reported.
         validation_fraction, test_fraction: patient-level shares of the labeled data.
         synthetic: :class:`~kd_keras.data.synthetic_oct.SyntheticOCTConfig` fields of the embedded data.
 
@@ -102,6 +121,11 @@ class OCTStudyConfig:
     test_dirs: tuple[str, ...] = ()
     labeled_fraction: float = 1.0
     normal_class: str = "NORMAL"
+    abnormal_classes: tuple[str, ...] = KNOWN_ABNORMAL_CLASSES
+    ignored_classes: tuple[str, ...] = ()
+    held_out_overlap: str = "refuse"
+    duplicate_labels: str = "refuse"
+    file_check: str = "header"
     validation_fraction: float = 0.2
     test_fraction: float = 0.2
     synthetic: dict = field(default_factory=dict)
@@ -166,12 +190,30 @@ class OCTStudyConfig:
             raise StudyError(f"monitor must be 'accuracy' or 'auc', got {self.monitor!r}")
         if not self.students:
             raise StudyError("--students: give at least one student")
+        self._check_data_settings()
         if not self.student_objectives:
             raise StudyError("student_objectives: give at least one objective")
         self.student_objectives = tuple(_checked_objective(o) for o in self.student_objectives)
         self.fractions = tuple(sorted({float(f) for f in self.fractions}))
         if 0.0 not in self.fractions:  # the baseline is always trained: it is what the framework is judged by
             self.fractions = (0.0, *self.fractions)
+
+    def _check_data_settings(self) -> None:
+        for option, value, allowed in (("--held-out-overlap", self.held_out_overlap, HELD_OUT_OVERLAP_POLICIES),
+                                       ("--duplicate-labels", self.duplicate_labels, DUPLICATE_LABEL_POLICIES),
+                                       ("--file-check", self.file_check, FILE_CHECKS)):
+            if value not in allowed:
+                raise StudyError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
+        self.abnormal_classes = tuple(self.abnormal_classes)
+        self.ignored_classes = tuple(self.ignored_classes)
+        for option, names in (("--abnormal-classes", self.abnormal_classes),
+                              ("--ignored-classes", self.ignored_classes)):
+            if self.normal_class in names:
+                raise StudyError(f"{option}: {self.normal_class!r} is the --normal-class; it cannot be "
+                                 f"{'abnormal' if 'abnormal' in option else 'ignored'} too")
+        both = sorted(set(self.abnormal_classes) & set(self.ignored_classes))
+        if both:
+            raise StudyError(f"--abnormal-classes and --ignored-classes both name {', '.join(both)}; choose one")
 
     @classmethod
     def from_preset(cls, preset: str = "quick", **overrides: Any) -> OCTStudyConfig:
