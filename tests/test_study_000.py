@@ -92,7 +92,6 @@ def test_killed_replay_resumes_to_the_same_results(smoke_run, tmp_path):
 def test_presets_demo_flags_and_refusals(monkeypatch, capsys):
     from kd_keras.cli import main, resolve_run
     from kd_keras.config import ConfigError
-    from kd_keras.studies.dr_config import PRESETS
 
     monkeypatch.delenv("KD_KERAS_TINY", raising=False)
     # The old script's DEMO / DEMO_DATA and TINY / TINY_DATA dicts, written out independently.
@@ -115,9 +114,9 @@ def test_presets_demo_flags_and_refusals(monkeypatch, capsys):
                                       "--no-fundus-crop", "--teacher-weights", "none"])
     assert (config.preset, config.image_size, config.variants, config.fundus_crop, config.hard_epochs) == (
         "demo", 64, ("base", "kd_ul"), False, 4)
-    # paper = the dataclass defaults = the paper's protocol.
+    # paper (the default preset) = the paper's protocol (every value: tests/test_paper_presets.py).
     _, paper, _ = resolve_run("dr", ["--data", "x.csv", "--layout", "messidor"])
-    assert PRESETS["paper"] == {} and (paper.image_size, paper.folds, paper.teacher_weights) == (300, 5, "imagenet")
+    assert paper.preset == "paper" and (paper.image_size, paper.folds, paper.teacher_weights) == (300, 5, "imagenet")
     assert main(["run", "dr", "--demo", "--print-config"]) == 0
     printed = capsys.readouterr().out
     assert "preset: demo" in printed and "hard_epochs: 4" in printed and "layout: synthetic" in printed
