@@ -178,7 +178,11 @@ def plant(root: Path, bug: PlantedBug) -> None:
 
 
 def environment(root: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONDONTWRITEBYTECODE": "1"}
+    # The copy lives in a temporary folder: point the tests that read ../shared at this checkout's.
+    if "KD_KERAS_SHARED" not in env and (REPO.parent / "shared").is_dir():
+        env["KD_KERAS_SHARED"] = str(REPO.parent / "shared")
+    return env
 
 
 def check_import_resolves_to(root: Path) -> None:
@@ -229,8 +233,10 @@ def main(argv: list[str]) -> int:
             hit = code in (1, 2)
             caught += hit
             where = " ".join(bug.tests) + (f" -k '{bug.select}'" if bug.select else "")
-            print(f"{'CAUGHT' if hit else 'MISSED'}  {bug.name}  ({bug.file}; {where}: {summary}) [{seconds:.0f} s]",
-                  flush=True)
+            print(
+                f"{'CAUGHT' if hit else 'MISSED'}  {bug.name}  ({bug.file}; {where}: {summary}) [{seconds:.0f} s]",
+                flush=True,
+            )
     print(f"{caught} of {len(bugs)} planted bugs caught")
     return 0 if caught == len(bugs) else 1
 
