@@ -282,6 +282,8 @@ def _say_checks(data: StudyData, say: Callable[[str], None], shown: int = 10) ->
     say(line)
     for entry in skipped[:shown]:
         say(f"  left out {entry['path']}: {entry['detail']}")
+    for folder, count in checks["ignored_classes"].items():
+        say(f"  left out class folder {folder} (--ignored-classes): {count} images")
     if len(skipped) > shown:
         say(f"  ... {len(skipped) - shown} more in results.json (data.skipped_files)")
 
