@@ -348,8 +348,11 @@ def fingerprint_files(paths: Sequence[str]) -> dict[str, Any]:
 def fingerprint_parts(parts: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """:func:`fingerprint_files` of each part's ``paths`` (a :class:`~kd_keras.data.records.Records` table);
     a part without files (arrays) counts its rows only."""
-    return {name: fingerprint_files(list(getattr(part, "paths", None) or [])) | {"rows": len(part)}
-            for name, part in parts.items()}
+    def paths(part: Any) -> list[str]:
+        found = getattr(part, "paths", None)  # a NumPy array of paths, or None for array sources
+        return [] if found is None else [str(p) for p in found]
+
+    return {name: fingerprint_files(paths(part)) | {"rows": len(part)} for name, part in parts.items()}
 
 
 # Operating-system failures that are the user's to fix: a full disk, a folder without write permission.
