@@ -451,3 +451,19 @@ def test_file_check_timing_on_real_bscans(shared_dir):
     seconds = time.perf_counter() - start
     assert len(checked) == len(records) == 1000
     assert seconds < 2.0, seconds
+
+
+@pytest.mark.parametrize("option, value", [("--data-dir", "/nonexistent/data"), ("--unlabeled-dir", "/nonexistent/p"),
+                                           ("--test-dir", "/nonexistent/t"), ("--unlabeled-dir", "{root}/data"),
+                                           ("--test-dir", "{root}/data")])
+def test_folder_mistakes_are_refused_before_the_output_folder_is_touched(tmp_path, capsys, option, value):
+    """Study.check refuses a missing or shared folder before the runner writes anything under --out."""
+    dirs = _corpus(tmp_path)
+    out = tmp_path / "out"
+    argv = {"--data-dir": str(dirs["data"]), "--unlabeled-dir": str(dirs["pool"]), "--test-dir": str(dirs["test"])}
+    argv[option] = value.replace("{root}", str(tmp_path))
+    code = main(["run", "oct", "--preset", "smoke", "--no-progress", "--out", str(out),
+                 *[item for pair in argv.items() for item in pair]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and argv[option] in err[0], err
+    assert not out.exists()

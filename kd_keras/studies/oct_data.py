@@ -21,7 +21,7 @@ import numpy as np
 from kd_keras.data.records import Records
 from kd_keras.studies.oct_config import HELDOUT_TEST, SYNTHETIC_TEST, OCTStudyConfig, StudyError
 
-__all__ = ["StudyData", "prepare_data"]
+__all__ = ["StudyData", "check_folders", "prepare_data"]
 
 @dataclass
 class StudyData:
@@ -222,6 +222,34 @@ def _refuse_shared_folders(config: OCTStudyConfig, labeled: Path, unlabeled: lis
                 raise StudyError(f"--unlabeled-dir {folder} {how} the {option} {other}: its labeled, validation "
                                  "and test images would be pseudo-labeled and trained on; pass a folder of other "
                                  "images, or --held-out-overlap drop to leave the shared images out of the pool")
+
+
+def check_folders(config: OCTStudyConfig) -> None:
+    """The data folders of ``config``, checked before anything is written or read: each exists and is a folder,
+    and none puts held-out images into training (a pool or test folder that is, holds or lies in the labeled
+    folder). Fast (no file is read); :func:`prepare_data` checks the files.
+
+    Raises:
+        DataError: a folder is missing or is not a folder (one line naming it).
+        StudyError: folders that share images (one line naming both options).
+
+    Example:
+
+    ```python
+    check_folders(OCTStudyConfig.from_preset("smoke", data_dir="OCT2017/train", unlabeled_dirs=("OCT2017/train",)))
+    # StudyError: --unlabeled-dir OCT2017/train is the --data-dir OCT2017/train: ...
+    ```
+    """
+    from kd_keras.data.source_files import real_dir
+
+    if config.data_dir is None:
+        return
+    real_dir(config.data_dir)
+    for option, folders in (("--unlabeled-dir", config.unlabeled_dirs), ("--test-dir", config.test_dirs)):
+        for folder in folders:
+            real_dir(folder, f"{option} folder")
+    tests = {str(i): Path(d) for i, d in enumerate(config.test_dirs)}
+    _refuse_shared_folders(config, Path(config.data_dir), [Path(d) for d in config.unlabeled_dirs], tests)
 
 
 def _held_out_overlap(data: StudyData, config: OCTStudyConfig, say: Callable[[str], None]) -> None:

@@ -69,7 +69,7 @@ from kd_keras.studies.oct_config import (
     StudyError,
     adjust_settings,
 )
-from kd_keras.studies.oct_data import StudyData, prepare_data
+from kd_keras.studies.oct_data import StudyData, check_folders, prepare_data
 from kd_keras.studies.oct_deploy import export_stage, latency_stage
 from kd_keras.studies.oct_stages import evaluation_stage, pseudo_label_stage, student_stage, teacher_stage
 
@@ -106,6 +106,7 @@ class OCTStudy(Study):
                     get_spec(name)
                 except (KeyError, ValueError) as error:
                     raise StudyError(f"{option} {name!r}: {str(error).strip(chr(39))}") from None
+        check_folders(config)  # a typo in a folder is refused before the output folder is touched
         teacher_channels = 3 if get_spec(config.teacher).role == "teacher" else config.student_channels
         for objective in config.student_objectives:
             if get_objective(dict(objective)).teacher_taps and teacher_channels != config.student_channels:
