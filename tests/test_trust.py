@@ -249,7 +249,7 @@ CASES = [
     ("test_dir_is_data_dir", lambda d: None, ["--test-dir", "{root}/data"], True, False,
      ("refused", "--test-dir", "is the --data-dir")),
     ("pool_copy_of_test_image", _pool_copy_of("test/CNV", "copy"), [], True, True,
-     ("refused", "unlabeled pool: 1 images", "test test 1", "identical bytes", "--held-out-overlap drop")),
+     ("refused", "unlabeled pool: 1 images", "(test set 'test' 1)", "identical bytes", "--held-out-overlap drop")),
     ("unlabeled_dir_symlink_to_data_dir", lambda d: (d["data"].parent / "pool_link").symlink_to(d["data"]),
      ["--unlabeled-dir", "{root}/pool_link"], False, True, ("refused", "pool_link is the --data-dir")),
     # A symlink in the pool that leads out of the pool folder is never followed: left out and reported.
@@ -258,7 +258,7 @@ CASES = [
     ("pool_hard_link_to_labeled_image", _pool_copy_of("data/CNV", "hardlink"), [], True, True,
      ("refused", "unlabeled pool: 1 images", "same file")),
     ("test_image_in_training", _test_copy_in_training, [], True, True,
-     ("refused", "test set 'test': 1 images", "must never be trained on")),
+     ("refused", "test set 'test': 1 images", "(validation 1)", "must never be trained on")),
     ("same_image_two_labels", _two_labels, [], True, True,
      ("refused", "two class folders", "--duplicate-labels keep")),
     ("two_class_symlinks_one_folder", _class_symlinks_to_one_folder, [], True, True,

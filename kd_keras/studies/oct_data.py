@@ -259,15 +259,16 @@ def _held_out_overlap(data: StudyData, config: OCTStudyConfig, say: Callable[[st
     from kd_keras.data.report import DataReport
 
     sets = {"pool": data.pool.paths, "train": data.train.paths, "validation": data.validation.paths,
-            **{f"test {name}": records.paths for name, records in data.tests.items()}}
+            **{f"test set {name!r}": records.paths for name, records in data.tests.items()}}
     start = time.perf_counter()
     groups = [g for g in find_same_images({k: v for k, v in sets.items() if v is not None})
               if len(g.sets()) > 1]
     data.checks["same_image_seconds"] = round(data.checks["same_image_seconds"] + time.perf_counter() - start, 3)
     for name in data.tests:
-        leaked = [g for g in groups if f"test {name}" in g.sets() and g.sets() & {"train", "validation"}]
+        leaked = [g for g in groups if f"test set {name!r}" in g.sets() and g.sets() & {"train", "validation"}]
         if leaked:
-            where = ", ".join(f"{s} {sum(s in g.sets() for g in leaked)}" for s in ("train", "validation"))
+            where = ", ".join(f"{s} {n}" for s in ("train", "validation")
+                              if (n := sum(s in g.sets() for g in leaked)))
             raise StudyError(f"test set {name!r}: {len(leaked)} images are also training or validation images "
                              f"({where}), e.g. {example_pairs(leaked)}; a test image must never be trained on: "
                              "remove the copies from the labeled folder or from the test folder")
