@@ -54,7 +54,8 @@ from typing import Any, ClassVar
 
 from kd_keras.config import config_to_dict, write_config
 
-__all__ = ["Flag", "RunContext", "RunError", "Stage", "StageFailedError", "StageStore", "Study", "expected_errors",
+__all__ = ["Flag", "RunContext", "RunError", "Stage", "StageFailedError", "StageStore", "Study", "apply_demo_flags",
+           "demo_flags", "expected_errors",
            "fingerprint_files", "fingerprint_parts", "run_study"]
 
 STAGES_DIR = "stages"
@@ -105,6 +106,38 @@ class Flag:
     names: tuple[str, ...]
     kwargs: Mapping[str, Any]
     settings: Callable[[Any], Mapping[str, Any]]
+
+
+def demo_flags(data: str) -> tuple[Flag, Flag]:
+    """``--demo`` and ``--tiny``, the options every study script has had: ``--demo`` is ``--preset demo`` on the
+    study's embedded ``data``; ``--demo --tiny`` (or ``--demo`` with ``KD_KERAS_TINY=1``) is ``--preset smoke``.
+    Resolved by :func:`apply_demo_flags` in the study's ``adjust``."""
+    return (
+        Flag(("--demo",), {"action": "store_true", "help": f"{data} at demo sizes (= --preset demo; with --tiny "
+                           "or KD_KERAS_TINY=1: --preset smoke)"}, lambda given: {"_demo": True} if given else {}),
+        Flag(("--tiny",), {"action": "store_true", "help": "with --demo: CI smoke-test sizes (= --preset smoke)"},
+             lambda given: {"_tiny": True} if given else {}),
+    )
+
+
+def apply_demo_flags(values: dict[str, Any], explicit: set[str], presets: Mapping[str, Mapping[str, Any]],
+                     default_preset: str) -> dict[str, Any]:
+    """The values of ``--demo`` / ``--demo --tiny`` (:func:`demo_flags`): the demo or smoke preset under every
+    setting the user gave explicitly; ``--tiny`` alone changes nothing (the scripts' old meaning).
+
+    Raises:
+        ConfigError: ``--demo`` together with another ``--preset``.
+    """
+    from kd_keras.config import ConfigError
+
+    demo, tiny = values.pop("_demo", False), values.pop("_tiny", False) or os.environ.get("KD_KERAS_TINY") == "1"
+    if not demo:
+        return values
+    target = "smoke" if tiny else "demo"
+    if values.get("preset") not in (default_preset, target):
+        raise ConfigError(f"--demo runs the {target!r} preset: drop --preset {values['preset']}")
+    given = {k: values[k] for k in explicit if k in values and not k.startswith("_") and k != "preset"}
+    return {**presets[target], **given, "preset": target}
 
 
 def _file_name(stage: str) -> str:

@@ -18,11 +18,10 @@ config = resolve_config(ATConfig, PRESETS, preset="demo", sets=["betas=[1, 30]"]
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kd_keras.runner import Flag, RunError
+from kd_keras.runner import RunError, apply_demo_flags, demo_flags
 
 if TYPE_CHECKING:
     import keras
@@ -230,22 +229,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def adjust_settings(values: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
-    """``--demo`` is ``--preset demo`` and ``--demo --tiny`` (or ``--demo`` with ``KD_KERAS_TINY=1``) is
-    ``--preset smoke``: the preset's values under every setting the user gave."""
-    demo = values.pop("_demo", False)
-    tiny = values.pop("_tiny", False) or os.environ.get("KD_KERAS_TINY") == "1"
-    if not demo:
-        return values
-    target = "smoke" if tiny else "demo"
-    given = {k: values[k] for k in explicit if k in values and not k.startswith("_") and k != "preset"}
-    return {**PRESETS[target], **given, "preset": target}
+    """``--demo`` is ``--preset demo``, ``--demo --tiny`` (or ``--demo`` with ``KD_KERAS_TINY=1``) ``--preset
+    smoke`` (:func:`kd_keras.runner.apply_demo_flags`)."""
+    return apply_demo_flags(values, explicit, PRESETS, ATConfig.preset)
 
 
 # The options of `python experiments/attention_transfer.py` that are not simply --<setting>.
 FLAGS = (
-    Flag(("--demo",), {"action": "store_true", "help": "the embedded demo: --preset demo (synthetic fundus)"},
-         lambda v: {"_demo": True} if v else {}),
-    Flag(("--tiny",), {"action": "store_true", "help": "with --demo: CI smoke-test sizes, --preset smoke "
-                                                         "(also KD_KERAS_TINY=1)"},
-         lambda v: {"_tiny": True} if v else {}),
+    *demo_flags("generated fundus photographs"),
 )

@@ -20,11 +20,10 @@ config = resolve_config(DRKDConfig, PRESETS, preset="demo", sets=["students=[sim
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 from kd_keras.data.preprocess import PreprocessConfig
-from kd_keras.runner import Flag, RunError
+from kd_keras.runner import Flag, RunError, apply_demo_flags, demo_flags
 
 __all__ = ["EPOCH_BUDGETS", "FLAGS", "KD_OBJECTIVES", "LAYOUTS", "PRESETS", "STUDENT_TITLES", "VARIANTS", "DRError",
            "DRKDConfig", "adjust_settings"]
@@ -232,35 +231,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def adjust_settings(values: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
-    """``--demo`` (``_demo``) starts from the demo preset, ``--demo --tiny`` (or ``KD_KERAS_TINY=1``) from the
-    smoke preset, under every explicitly given setting (as ``--preset demo`` / ``--preset smoke`` would);
-    ``--tiny`` without ``--demo`` changes nothing (the old script's meaning).
-
-    Raises:
-        ConfigError: ``--demo`` with another ``--preset``.
-    """
-    demo, tiny = values.pop("_demo", False), values.pop("_tiny", False)
-    if not demo:  # --tiny alone changes nothing, as before
-        return values
-    preset = "smoke" if tiny else "demo"
-    if values.get("preset") not in (DRKDConfig.preset, preset):
-        from kd_keras.config import ConfigError
-
-        raise ConfigError(f"--demo runs the {preset!r} preset: drop --preset {values['preset']}")
-    given = {k: values[k] for k in explicit if k in values and not k.startswith("_")}
-    return {**PRESETS[preset], **given, "preset": preset}
-
-
-def _demo(_: Any) -> dict[str, Any]:
-    return {"_demo": True, "_tiny": os.environ.get("KD_KERAS_TINY") == "1"}
+    """``--demo`` is ``--preset demo``, ``--demo --tiny`` (or ``--demo`` with ``KD_KERAS_TINY=1``) ``--preset
+    smoke`` (:func:`kd_keras.runner.apply_demo_flags`); ``--tiny`` alone changes nothing."""
+    return apply_demo_flags(values, explicit, PRESETS, DRKDConfig.preset)
 
 
 # The options of `python experiments/dr_kd_unlabeled.py` that are not simply --<setting>.
 FLAGS = (
-    Flag(("--demo",), {"action": "store_true", "help": "embedded synthetic fundus data and the built-in pool "
-                       "(= --preset demo; with --tiny or KD_KERAS_TINY=1: --preset smoke)"}, _demo),
-    Flag(("--tiny",), {"action": "store_true", "help": "with --demo: CI smoke-test sizes (= --preset smoke)"},
-         lambda _: {"_tiny": True}),
+    *demo_flags("embedded synthetic fundus data and the built-in pool"),
     Flag(("--students",), {"nargs": "+", "metavar": "NAME", "help": "student zoo names"},
          lambda v: {"students": tuple(v)}),
     Flag(("--variants",), {"nargs": "+", "choices": list(VARIANTS), "help": "training methods of Tables 1-2"},

@@ -19,11 +19,10 @@ config = resolve_config(SimCLRConfig, PRESETS, preset="smoke", sets=["simclr_epo
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
-from kd_keras.runner import Flag, RunError
+from kd_keras.runner import Flag, RunError, apply_demo_flags, demo_flags
 
 __all__ = ["BASELINES", "FLAGS", "LAYOUTS", "METHODS", "PRESETS", "SimCLRConfig", "SimCLRError", "adjust_settings"]
 
@@ -200,24 +199,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def adjust_settings(values: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
-    """``--demo`` is ``--preset demo``; ``--demo --tiny`` (or ``--demo`` with ``KD_KERAS_TINY=1``) is
-    ``--preset smoke``: the preset's values are swapped in, the options given explicitly kept."""
-    demo = bool(values.pop("_demo", False))
-    tiny = bool(values.pop("_tiny", False)) or os.environ.get("KD_KERAS_TINY") == "1"
-    if not demo:
-        return values
-    target = "smoke" if tiny else "demo"
-    given = {k: v for k, v in values.items() if k in explicit and not k.startswith("_") and k != "preset"}
-    return {**PRESETS[target], **given, "preset": target}
+    """``--demo`` is ``--preset demo``, ``--demo --tiny`` (or ``--demo`` with ``KD_KERAS_TINY=1``) ``--preset
+    smoke`` (:func:`kd_keras.runner.apply_demo_flags`)."""
+    return apply_demo_flags(values, explicit, PRESETS, SimCLRConfig.preset)
 
 
 # The options of `python experiments/simclr_distill.py` that are not simply --<setting>.
 FLAGS = (
-    Flag(("--demo",), {"action": "store_true", "help": "generated fundus data, demo sizes (= --preset demo)"},
-         lambda v: {"_demo": True} if v else {}),
-    Flag(("--tiny",), {"action": "store_true", "help": "with --demo: CI smoke sizes (= --preset smoke; also "
-                                                        "KD_KERAS_TINY=1)"},
-         lambda v: {"_tiny": True} if v else {}),
+    *demo_flags("generated fundus photographs"),
     Flag(("--extra-test",), {"action": "append", "metavar": "CSV[:IMAGE_DIR]|FOLDER",
                              "help": "another test set: messidor CSV as CSV[:IMAGE_DIR], or a class-folder root"},
          lambda v: {"extra_tests": tuple(v)}),
