@@ -80,3 +80,11 @@ def write_json(path: str | Path, obj) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(_nan_to_none(obj), indent=2, default=_to_json, allow_nan=False))
     return path
+
+
+def batch_norm_sentence(batches: int) -> str:
+    """The report's line on BatchNorm statistics (every study says which it used)."""
+    if batches:
+        return (f"BatchNorm statistics: recomputed from {batches} training batches before each validation and at "
+                "the end of each training (precise BN; short CPU runs need it; no paper does it).")
+    return "BatchNorm statistics: Keras' moving averages, as in the papers (no recalibration)."

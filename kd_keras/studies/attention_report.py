@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kd_keras.engine.predict import estimate
-from kd_keras.evaluation.report import format_ci, markdown_table
+from kd_keras.evaluation.report import batch_norm_sentence, format_ci, markdown_table
 
 __all__ = ["plot_curves", "plot_sizes", "report_text", "selected", "summary_lines", "table_betas", "table_sizes",
            "write_report"]
@@ -132,6 +132,7 @@ def report_text(results: dict[str, Any]) -> str:
         f"{', '.join(config['students'])}; Adam {config['learning_rate']:g} halved every "
         f"{config['halve_every_epochs']} epochs, {config['epochs']} epochs, best epoch by validation AUC; L_AT "
         f"variant '{config['variant']}'.",
+        batch_norm_sentence(config["bn_recalibration_batches"]),
         "",
         "## Test AUC (%) [95% CI] by training-set size (AT: beta chosen on validation)",
         "",

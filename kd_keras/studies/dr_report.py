@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from kd_keras.engine.predict import estimate
-from kd_keras.evaluation.report import markdown_table
+from kd_keras.evaluation.report import batch_norm_sentence, markdown_table
 from kd_keras.studies.dr_config import STUDENT_TITLES, VARIANTS, DRKDConfig
 
 __all__ = ["PAPER_ACCURACY", "PAPER_AUC", "mean_sd", "ordering", "pct", "plot_methods", "summarise",
@@ -130,6 +130,7 @@ def write_report(results: dict, config: DRKDConfig, out_dir: Path) -> str:
         f"{config.image_size}x{config.image_size} px; teacher {config.teacher} "
         f"(weights: {config.teacher_weights or 'random'}); epochs teacher {config.teacher_epochs}, "
         f"(a) UL {config.ul_epochs}, (b) KD {config.kd_epochs}, (c) hard {config.hard_epochs}.",
+        batch_norm_sentence(config.bn_recalibration_batches),
         "",
         "## Table 1: accuracy (%), mean ± SD over folds",
         "",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from kd_keras.evaluation.plots import plot_accuracy_vs_fraction, plot_roc_curves, plot_time_vs_accuracy
-from kd_keras.evaluation.report import format_ci, markdown_table
+from kd_keras.evaluation.report import batch_norm_sentence, format_ci, markdown_table
 
 
 def _sets(results: dict) -> list[str]:
@@ -327,6 +327,7 @@ def write_report(results: dict, out_dir: Path, roc_data: dict | None = None) -> 
         f"Preset `{cfg['preset']}`, image size {cfg['image_size']}, seed {cfg['seed']}, teacher "
         f"`{results['teacher']['name']}` (weights: {cfg['teacher_weights']}), students "
         + ", ".join(f"`{s}`" for s in results["students"]) + f"; best epoch chosen by validation {cfg['monitor']}.",
+        batch_norm_sentence(cfg["bn_recalibration_batches"]),
     ]
     lines += ["", data_checks_section(results), "", "## Recommendation", "", recommend(results), "",
               "## Sensitivity and specificity (95% clustered-bootstrap CIs)", "",

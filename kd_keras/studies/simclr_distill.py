@@ -159,7 +159,7 @@ STUDY = SimCLRStudy()
 
 def report_text(results: dict[str, Any]) -> str:
     """``report.md``: AUC [95% CI] of every method on every test set, the pseudo-labels, the t-SNE."""
-    from kd_keras.evaluation.report import format_ci, markdown_table
+    from kd_keras.evaluation.report import batch_norm_sentence, format_ci, markdown_table
 
     config = results["config"]
     tests = [t for t in results["split"] if t not in ("labeled", "pool")]
@@ -172,6 +172,7 @@ def report_text(results: dict[str, Any]) -> str:
         f"Labeled fraction {config['labeled_fraction']:g} ({results['split']['labeled']} images), pool "
         f"{results['split']['pool']}; {config['image_size']} px; teacher {config['teacher']} (SimCLR "
         f"{config['simclr_epochs']} epochs), student {config['student']} (stand-in for DenseNet-161).",
+        batch_norm_sentence(config["bn_recalibration_batches"]),
         "",
         "## AUC (%) [95% CI, patient-clustered bootstrap]",
         "",
