@@ -213,7 +213,7 @@ class StageStore:
     def data_changes(self, fingerprint: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
         """Parts of the data whose fingerprint differs from the one recorded by the run in this folder
         (``{part: "40 -> 43 files"}``), then record ``fingerprint``. Nothing when no fingerprint was recorded."""
-        path = self.dir / "data.json"
+        path = self.dir / "data.fingerprint"  # not .json: the stage records own that namespace
         before = json.loads(path.read_text()) if path.is_file() else None
         _write_json(path, dict(fingerprint))
         if before is None:

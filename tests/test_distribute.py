@@ -89,6 +89,7 @@ CASES = {
         3,
     ),
     "mixmatch": ({"seed": 3, "lambda_u": 10.0}, {"teacher": False}, 3),
+    "keras_distillation": ({"alpha": 0.3}, {}, 3),
 }
 
 

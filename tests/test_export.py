@@ -10,7 +10,6 @@ decisions to be meaningful (see tests/test_zoo_export.py).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -40,11 +39,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE = 32
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "export" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def kd_keras_main(argv: list[str]) -> int:
+    """The ``kd-keras`` command in this process (``export/*.py`` are one-line entry points into it)."""
+    from kd_keras.cli import main
+
+    return main(argv)
 
 
 def recalibrate_batchnorm(model: keras.Model, images: np.ndarray) -> None:
@@ -285,9 +284,9 @@ def test_int8_needs_representative_images(tmp_path):
 def test_export_student_script(cxr, trained_student, tmp_path, capsys):
     npz = tmp_path / "val.npz"
     np.savez(npz, images=cxr["val"][:64], labels=cxr["val_labels"][:64])
-    script = _script("export_student")
-    code = script.main([str(trained_student), "--out", str(tmp_path / "out"), "--variants", "tflite_fp32",
-                        "tflite_fp16", "--parity-npz", str(npz), "--class-names", "NORMAL", "PNEUMONIA"])
+    code = kd_keras_main(["export", str(trained_student), "--out", str(tmp_path / "out"), "--variants",
+                          "tflite_fp32", "tflite_fp16", "--parity-npz", str(npz), "--class-names", "NORMAL",
+                          "PNEUMONIA"])
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "simple10_cxr_fp32.tflite: fp32 (litert)" in printed and "simple10_cxr_fp16.tflite" in printed
@@ -296,17 +295,18 @@ def test_export_student_script(cxr, trained_student, tmp_path, capsys):
     # fp16 weights: about half the fp32 file.
     sizes = {v: (tmp_path / "out" / f"simple10_cxr_{v}.tflite").stat().st_size for v in ("fp32", "fp16")}
     assert 0.4 < sizes["fp16"] / sizes["fp32"] < 0.6
-    assert script.main([str(tmp_path / "nope.keras"), "--out", str(tmp_path), "--parity-npz", str(npz)]) == 2
+    missing = str(tmp_path / "nope.keras")
+    assert kd_keras_main(["export", missing, "--out", str(tmp_path), "--parity-npz", str(npz)]) == 2
     assert "nope.keras: no such model file" in capsys.readouterr().err
 
 
 def test_benchmark_script_smoke(tmp_path):
     """Tiny runs (N=4, 1 repeat, 32 px): zoo names with ratios over a teacher, then files by path."""
-    script = _script("benchmark_latency")
     out, work = tmp_path / "bench", tmp_path / "work"
     tiny = ["--num-images", "4", "--batch-size", "2", "--repeats", "1", "--warmup", "0", "--threads", "1"]
-    code = script.main(["mobilenet_wd4", "--teacher", "mobilenet_wd2", "--runtimes", "litert", "onnxruntime",
-                        "--image-size", "32", "--channels", "1", "--work-dir", str(work), "--out", str(out), *tiny])
+    code = kd_keras_main(["latency", "mobilenet_wd4", "--teacher", "mobilenet_wd2", "--runtimes", "litert",
+                          "onnxruntime", "--image-size", "32", "--channels", "1", "--work-dir", str(work), "--out",
+                          str(out), *tiny])
     assert code == 0
     record = json.loads(out.with_suffix(".json").read_text())
     results = {(r["model"], r["runtime"]): r for r in record["results"]}
@@ -318,18 +318,19 @@ def test_benchmark_script_smoke(tmp_path):
         assert r["speedup"] == pytest.approx(teacher["median_s"] / r["median_s"])
         assert r["macs_ratio"] == pytest.approx(teacher["macs"] / r["macs"])
     assert results[("mobilenet_wd4", "litert")]["macs"] < results[("mobilenet_wd2", "litert")]["macs"]
-    assert "benchmark_latency.py mobilenet_wd4 --teacher mobilenet_wd2" in record["command"]
+    assert "kd-keras latency mobilenet_wd4 --teacher mobilenet_wd2" in record["command"]
     assert record["conditions"]["cpu_count"] >= 1
     assert "| mobilenet_wd4 | litert |" in out.with_suffix(".md").read_text()
     assert out.with_suffix(".png").stat().st_size > 1000
 
     # Files by path run in the runtimes that read them; Keras runs predict in batches.
     paths = [str(work / name) for name in ("mobilenet_wd4.keras", "mobilenet_wd4_fp32.tflite", "mobilenet_wd4.onnx")]
-    assert script.main([paths[0], "--teacher", "none", "--runtimes", "keras", "--out", str(out), *tiny]) == 0
+    assert kd_keras_main(["latency", paths[0], "--teacher", "none", "--runtimes", "keras", "--out", str(out),
+                          *tiny]) == 0
     keras_run = json.loads(out.with_suffix(".json").read_text())["results"]
     assert [(r["model"], r["runtime"], r["error"]) for r in keras_run] == [("mobilenet_wd4", "keras", None)]
     assert keras_run[0]["rss_before_model_mb"] < keras_run[0]["peak_rss_mb"]
-    assert script.main([*paths[1:], "--teacher", "none", "--runtimes", "litert", "onnxruntime", "--out", str(out),
-                        *tiny]) == 0
+    assert kd_keras_main(["latency", *paths[1:], "--teacher", "none", "--runtimes", "litert", "onnxruntime",
+                          "--out", str(out), *tiny]) == 0
     runs = [(r["model"], r["runtime"]) for r in json.loads(out.with_suffix(".json").read_text())["results"]]
     assert sorted(runs) == [("mobilenet_wd4", "onnxruntime"), ("mobilenet_wd4_fp32", "litert")]

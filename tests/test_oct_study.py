@@ -312,11 +312,8 @@ def test_killed_replay_resumes_to_the_same_results(smoke_run, tmp_path):
     assert (out / "config.yaml").read_text().split("\n", 1)[1] == (first / "config.yaml").read_text().split("\n", 1)[1]
 
 
-def test_every_registered_objective_runs_from_a_config_file(tmp_path):
-    """One student-teacher run per registered objective, named in a config file; each trains, is evaluated on the
-    test set and is reported."""
+def _every_objective_config(tmp_path: Path) -> tuple[Path, list[dict]]:
     import yaml
-    from kill_and_resume import kd_keras
 
     from kd_keras.engine import list_objectives
 
@@ -325,11 +322,36 @@ def test_every_registered_objective_runs_from_a_config_file(tmp_path):
     config = tmp_path / "objectives.yaml"
     config.write_text(yaml.safe_dump({"study": "oct", "preset": "smoke", "student_objectives": objectives,
                                       "student_epochs": 1, "teacher_epochs": 1, "export_variants": ["tflite_fp32"]}))
+    return config, objectives
+
+
+def test_every_registered_objective_is_accepted_from_a_config_file(tmp_path):
+    """Default tier, no training: the file resolves, each objective is built and the study's checks pass (taps the
+    student and teacher offer, channels), one uniquely named run per objective; the runs themselves are the slow
+    test below, and each objective's train step is checked against NumPy in tests/test_objectives_distiller.py."""
+    from kd_keras.studies.oct_stages import run_key, student_runs
+
+    config_file, objectives = _every_objective_config(tmp_path)
+    study, config, _ = resolve_run("oct", ["--config", str(config_file)])
+    assert [dict(o) for o in config.student_objectives] == objectives
+    study.check(config)
+    runs = student_runs(config)[1:]
+    assert [r["objective"]["name"] for r in runs] == [o["name"] for o in objectives]
+    assert len({run_key(r) for r in runs}) == len(runs)
+
+
+@pytest.mark.slow
+def test_every_registered_objective_runs_from_a_config_file(tmp_path):
+    """One student-teacher run per registered objective, named in a config file; each trains, is evaluated on the
+    test set and is reported (about 3.5 minutes: the slow tier, `python -m pytest -m slow`)."""
+    from kill_and_resume import kd_keras
+
+    config, objectives = _every_objective_config(tmp_path)
     done = kd_keras(["run", "oct", "--config", str(config), "--out", str(tmp_path / "out"), "--no-progress"])
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     runs = {run["objective"]["name"]: run for run in results["students"]["mobilenet_wd4"]["runs"][1:]}
-    assert sorted(runs) == sorted(list_objectives())
+    assert sorted(runs) == sorted(o["name"] for o in objectives)
     for name, run in runs.items():
         assert run["fraction"] == 1.0 and run["objective"] == next(o for o in objectives if o["name"] == name)
         assert _finite(run["test_auc"]["synthetic_test"]), name

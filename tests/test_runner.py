@@ -195,7 +195,8 @@ def kd_keras(*argv: str) -> subprocess.CompletedProcess:
 
 def test_command_line():
     done = kd_keras("--help")
-    assert done.returncode == 0 and all(c in done.stdout for c in ("run", "export", "latency", "zoo", "cache", "predict"))
+    commands = ("run", "export", "latency", "zoo", "cache", "predict")
+    assert done.returncode == 0 and all(c in done.stdout for c in commands)
     unknown = kd_keras("train")
     assert unknown.returncode == 2 and unknown.stderr.strip() == (
         "error: unknown command 'train'; commands: run, export, latency, zoo, cache, predict (kd-keras --help)")

@@ -23,7 +23,8 @@ which gives exactly Hinton's ``T^2 KL`` (and this objective's default). Construc
 
 Other points:
 
-- ``compute_loss`` returns one scalar, the mean over the examples it is given (a replica's batch). The Distiller
+- ``compute_loss`` returns one scalar, the mean over the examples it is given (a replica's batch; inside a
+  ``MirroredStrategy`` replica Keras divides it by the number of replicas, which is undone). The Distiller
   needs per-example losses; the scalar is given to every example of the replica, so the Distiller's replica
   sum divided by the global batch size is the mean of the replicas' means weighted by their sizes: the global
   batch mean, with the same gradient.
@@ -178,6 +179,11 @@ class KerasDistillation(TeacherObjective):
             teacher_out = self._as_class_logits(ctx.teacher_logits(), task)
         self.loss.validate_outputs(teacher_out, student_out)
         batch_mean = tf.cast(self.loss.compute_loss(teacher_out, student_out), tf.float32)
+        # Inside a replica, Keras' reducing losses already divide by the number of replicas (they expect their
+        # results to be summed across replicas); undo it to get this replica's own mean.
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            batch_mean *= float(replica.num_replicas_in_sync)
         # One scalar for the replica: each example carries it, so sum / global batch is the global mean.
         distillation = tf.fill(tf.shape(student)[:1], batch_mean)
         hard = losses.hard_label_cross_entropy(batch_labels(batch), student, self.task) * batch_labeled(batch)
