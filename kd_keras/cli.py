@@ -56,6 +56,7 @@ def quiet_tensorflow_start() -> None:
         import tensorflow as tf
 
         tf.constant(0.0) + 1.0  # the second batch of notes comes with the first op
+        tf.get_logger().setLevel("ERROR")  # Keras' retracing notes when many models are evaluated in turn
     finally:
         os.dup2(saved, 2)
         os.close(saved)
