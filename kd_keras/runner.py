@@ -181,9 +181,12 @@ class StageStore:
             raise RunError(f"--out {self.out}: cannot write there ({error.strerror or error})") from None
 
     def _earlier_run(self) -> bool:
-        return self.out.is_dir() and any(
-            (self.out / name).exists() for name in (STAGES_DIR, RUNS_DIR, "results.json")
-        )
+        """A finished stage, a training checkpoint or results: work that a new run must not overwrite. (A run
+        refused while preparing its data leaves only its settings behind, which a corrected rerun replaces.)"""
+        if not self.out.is_dir():
+            return False
+        stages = [p for p in self.dir.glob("*.json") if p.name != "config.json"] if self.dir.is_dir() else []
+        return bool(stages) or (self.out / RUNS_DIR).exists() or (self.out / "results.json").exists()
 
     def _move_aside(self) -> Path:
         target = self.out / PREVIOUS_DIR / time.strftime("%Y%m%d-%H%M%S")

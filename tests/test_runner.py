@@ -180,6 +180,14 @@ def test_an_earlier_run_is_never_deleted(tmp_path):
     moved = list((out / "previous").iterdir())
     assert len(moved) == 1
     assert {p.relative_to(moved[0]): p.read_bytes() for p in moved[0].rglob("*") if p.is_file()} == before
+    # A run refused while preparing its data leaves only its settings: the corrected rerun is not refused.
+    class Refused(Toy):
+        def prepare(self, ctx):
+            raise RunError("--data: no such folder")
+
+    with pytest.raises(RunError, match="no such folder"):
+        run_study(Refused(), config, tmp_path / "refused", say=lambda _: None)
+    assert run_study(Toy(), config, tmp_path / "refused", say=lambda _: None)["run"]["resumed_stages"] == []
     (tmp_path / "file").write_text("x")
     with pytest.raises(RunError, match="is a file, not a folder"):
         StageStore(tmp_path / "file", {}, resume=False)
