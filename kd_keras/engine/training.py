@@ -46,7 +46,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,13 +148,19 @@ def _steps_per_epoch(make_stream: Callable[[], tf.data.Dataset], directory: Path
 
 
 class _FirstBatches:
-    """The first ``count`` batches of a new ``make_stream()`` each time it is iterated."""
+    """The images of the first ``count`` batches of a new ``make_stream()``, read once on first use and kept:
+    every recalibration, in this process or a resumed one, sees exactly these batches (a stream re-created each
+    time would give the same ones, at the cost of refilling its shuffle buffer every epoch)."""
 
     def __init__(self, make_stream: Callable[[], tf.data.Dataset], count: int):
         self.make_stream, self.count = make_stream, count
+        self._images: list[tf.Tensor] | None = None
 
     def __iter__(self):
-        return iter(self.make_stream().take(self.count))
+        if self._images is None:
+            self._images = [batch[schema.IMAGE] if isinstance(batch, Mapping) else batch
+                            for batch in self.make_stream().take(self.count)]
+        return iter(self._images)
 
 
 def train(
