@@ -70,6 +70,12 @@ def file_problem(path: str, real_root: str, allow_outside_root: bool) -> tuple[s
         if not _inside(real, real_root):
             via = " via a symlink" if os.path.islink(path) or real != os.path.normpath(path) else ""
             return "outside_root", f"path escapes the data root {real_root}{via} (resolves to {real})"
+    return stat_problem(path)
+
+
+def stat_problem(path: str) -> tuple[str, str] | None:
+    """``(kind, detail)`` for a path that is missing, a dangling link, unreadable, not a regular file or empty;
+    ``None`` for a non-empty regular file (nothing is read)."""
     try:
         info = os.stat(path)
     except FileNotFoundError:
@@ -78,7 +84,7 @@ def file_problem(path: str, real_root: str, allow_outside_root: bool) -> tuple[s
         return "missing_file", "file does not exist"
     except OSError as error:
         return "unreadable", f"cannot read file ({error.strerror or error})"
-    if not os.path.isfile(path):
+    if not stat.S_ISREG(info.st_mode):
         return "not_a_file", "not a regular file (a folder or special file)"
     if info.st_size == 0:
         return "empty_file", "empty file (0 bytes)"

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
@@ -60,6 +59,7 @@ import numpy as np
 
 from kd_keras.data.records import Records
 from kd_keras.data.report import ACTIONS, PROBLEMS, DataError, DataReport, Problem, logger
+from kd_keras.data.source_files import stat_problem
 
 __all__ = [
     "ACTIONS",
@@ -86,22 +86,6 @@ _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"BM", "BMP
           (b"MM\x00*", "TIFF"), (b"GIF8", "GIF"), (b"RIFF", "WebP"), (b"\x93NUMPY", "NPY"))
 _PNG_END = b"IEND\xaeB`\x82"
 _TAIL_BYTES = 4096
-
-
-def _stat_problem(path: str) -> tuple[str, str] | None:
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        if os.path.islink(path):
-            return "unreadable", f"dangling symlink to {os.readlink(path)}"
-        return "missing_file", "file does not exist"
-    except OSError as error:
-        return "unreadable", f"cannot read file ({error.strerror or error})"
-    if not stat.S_ISREG(info.st_mode):
-        return "not_a_file", "not a regular file (a folder or special file)"
-    if info.st_size == 0:
-        return "empty_file", "empty file (0 bytes)"
-    return None
 
 
 def _header_problem(path: str) -> tuple[str, str] | None:
@@ -169,7 +153,7 @@ def check_file(path: str | os.PathLike, mode: str = "header") -> tuple[str, str]
     if mode not in CHECK_MODES:
         raise ValueError(f"mode must be one of {CHECK_MODES}, got {mode!r}")
     path = os.fspath(path)
-    problem = _stat_problem(path)
+    problem = stat_problem(path)
     if problem is None and mode in ("header", "decode"):
         problem = _header_problem(path)
     if problem is None and mode == "decode":
