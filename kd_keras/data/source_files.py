@@ -84,11 +84,7 @@ def stat_problem(path: str) -> tuple[str, str] | None:
         return "missing_file", "file does not exist"
     except OSError as error:
         return "unreadable", f"cannot read file ({error.strerror or error})"
-    if not stat.S_ISREG(info.st_mode):
-        return "not_a_file", "not a regular file (a folder or special file)"
-    if info.st_size == 0:
-        return "empty_file", "empty file (0 bytes)"
-    return None
+    return _kind_problem(info)
 
 
 def _entry_problem(entry: os.DirEntry) -> tuple[str, str] | None:
@@ -96,6 +92,10 @@ def _entry_problem(entry: os.DirEntry) -> tuple[str, str] | None:
         info = entry.stat(follow_symlinks=False)
     except OSError as error:
         return "unreadable", f"cannot read file ({error.strerror or error})"
+    return _kind_problem(info)
+
+
+def _kind_problem(info: os.stat_result) -> tuple[str, str] | None:
     if not stat.S_ISREG(info.st_mode):
         return "not_a_file", "not a regular file (a folder or special file)"
     if info.st_size == 0:
