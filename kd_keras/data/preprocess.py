@@ -38,6 +38,10 @@ _MAGIC = (
 )
 
 
+# How an image of another aspect ratio becomes the model's input shape (PreprocessConfig.geometry).
+GEOMETRIES = ("resize", "center_crop", "pad")
+
+
 class ImageReadError(ValueError):
     """An image file that cannot be used; ``str(error)`` is one line: ``"<path>: <problem>"``."""
 
@@ -61,6 +65,11 @@ class PreprocessConfig:
         clahe_grid: CLAHE tiles per side (OpenCV's ``tileGridSize``).
         fundus_crop: crop a fundus photograph to its bright circle, centred and padded to a square, before the
             resize (removes the black border whose width varies between cameras).
+        geometry: how an image whose shape is not ``image_size``'s becomes it (after the fundus crop, before the
+            resize): ``"resize"`` stretches it (distorts a wide OCT B-scan), ``"center_crop"`` keeps the centred
+            box of the output's aspect ratio (for a B-scan: the full height, the central columns; the same as
+            resizing the height and cropping the width), ``"pad"`` pads it with black to that aspect ratio
+            (keeps every column, smaller retina). See :func:`fit_geometry`.
     """
 
     image_size: tuple[int, int]
@@ -69,6 +78,7 @@ class PreprocessConfig:
     clahe_clip: float = 2.0
     clahe_grid: int = 8
     fundus_crop: bool = False
+    geometry: str = "resize"
 
     def __post_init__(self):
         if len(self.image_size) != 2 or min(self.image_size) < 1:
@@ -77,6 +87,8 @@ class PreprocessConfig:
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.clahe_clip <= 0 or self.clahe_grid < 1:
             raise ValueError(f"clahe_clip must be > 0 and clahe_grid >= 1, got {self.clahe_clip}, {self.clahe_grid}")
+        if self.geometry not in GEOMETRIES:
+            raise ValueError(f"geometry must be one of {', '.join(GEOMETRIES)}, got {self.geometry!r}")
 
 
 def _sniff_format(data: bytes) -> str | None:
@@ -242,6 +254,40 @@ def apply_clahe(image: np.ndarray, clip: float = 2.0, grid: int = 8) -> np.ndarr
     return np.stack(channels, axis=-1)
 
 
+def fit_geometry(image: np.ndarray, size: tuple[int, int], geometry: str) -> np.ndarray:
+    """``image`` ``(H, W, C)`` brought to the aspect ratio of ``size=(height, width)`` by ``geometry``, at its own
+    resolution (the resize follows): ``"resize"`` returns it unchanged (the resize stretches it),
+    ``"center_crop"`` cuts the centred box of that aspect ratio, ``"pad"`` centres it on a black canvas of that
+    aspect ratio. The box is rounded to whole pixels; an image already of that aspect ratio is unchanged.
+
+    Example:
+
+    ```python
+    fit_geometry(np.zeros((496, 1024, 1), np.uint8), (224, 224), "center_crop").shape  # (496, 496, 1)
+    fit_geometry(np.zeros((496, 1024, 1), np.uint8), (224, 224), "pad").shape          # (1024, 1024, 1)
+    ```
+    """
+    if geometry == "resize":
+        return image
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"geometry must be one of {', '.join(GEOMETRIES)}, got {geometry!r}")
+    rows, cols = image.shape[:2]
+    aspect = size[1] / size[0]  # width / height of the output
+    if geometry == "center_crop":
+        height, width = (rows, round(rows * aspect)) if cols / rows >= aspect else (round(cols / aspect), cols)
+        height, width = max(1, min(rows, height)), max(1, min(cols, width))
+        top, left = (rows - height) // 2, (cols - width) // 2
+        return image[top:top + height, left:left + width]
+    height, width = (round(cols / aspect), cols) if cols / rows >= aspect else (rows, round(rows * aspect))
+    height, width = max(rows, height), max(cols, width)
+    if (height, width) == (rows, cols):
+        return image
+    canvas = np.zeros((height, width, image.shape[2]), image.dtype)
+    top, left = (height - rows) // 2, (width - cols) // 2
+    canvas[top:top + rows, left:left + cols] = image
+    return canvas
+
+
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resizes ``(H, W, C)`` to ``size=(height, width)``: area averaging when shrinking (no aliasing), bilinear
     otherwise. Keeps the channel axis even for one channel.
@@ -266,7 +312,8 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def preprocess(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
     """Applies the configured preprocessing to a decoded image.
 
-    Order: fundus crop (native resolution), resize to ``config.image_size``, per-channel CLAHE, scaling to
+    Order: fundus crop (native resolution), the geometry (:func:`fit_geometry`: crop or pad to the output's
+    aspect ratio, native resolution), resize to ``config.image_size``, per-channel CLAHE, scaling to
     float [0, 255] (16-bit inputs divided by 65535/255 in float32, so no precision is lost to an 8-bit step),
     then the channel count. CLAHE runs after the resize because its tile grid is relative to the image, so
     the result hardly changes, and it costs (original pixels / model pixels) times less; it runs on the
@@ -300,6 +347,7 @@ def preprocess(image: np.ndarray, config: PreprocessConfig) -> np.ndarray:
         raise ValueError(f"expected uint8, uint16 or float pixels, got {image.dtype}")
     if config.fundus_crop:
         image = crop_fundus(image)
+    image = fit_geometry(image, config.image_size, config.geometry)
     if config.clahe:
         image = resize_image(image, config.image_size)
         image = apply_clahe(image, config.clahe_clip, config.clahe_grid)

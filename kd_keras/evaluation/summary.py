@@ -27,6 +27,27 @@ from kd_keras.evaluation.replicate_metrics import (
 )
 
 
+def _one_vs_rest(j: int, which: int) -> tuple:
+    """(metric, replicate twin) of class ``j``'s one-vs-rest sensitivity (``which=0``) or specificity (1)."""
+    return (lambda y, p: sensitivity_specificity(y == j, p.argmax(axis=1) == j)[which],
+            lambda y, p, counts: sensitivity_specificity_per_replicate(y == j, p.argmax(axis=1) == j, counts)[which])
+
+
+def _macro_rates(y: np.ndarray, p: np.ndarray, which: int) -> float:
+    values = [sensitivity_specificity(y == j, p.argmax(axis=1) == j)[which] for j in range(p.shape[1])]
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def _macro_rates_per_replicate(y: np.ndarray, p: np.ndarray, counts: np.ndarray, which: int) -> np.ndarray:
+    per_class = np.stack([sensitivity_specificity_per_replicate(y == j, p.argmax(axis=1) == j, counts)[which]
+                          for j in range(p.shape[1])], axis=1)
+    defined = ~np.isnan(per_class)  # a resample may lack a class: mean over the classes it has
+    total = np.where(defined, per_class, 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / defined.sum(axis=1)
+
+
 def evaluate_predictions(
     y_true: np.ndarray,
     probabilities: np.ndarray,
@@ -38,6 +59,10 @@ def evaluate_predictions(
 ) -> dict:
     """Accuracy, ROC AUC, weighted F1, confusion matrix and, for binary tasks, sensitivity and specificity at
     ``threshold``, each rate with a clustered-bootstrap 95% CI (``clusters`` = patient or volume ids).
+
+    Multi-class: ``auc`` is the macro one-vs-rest AUC; ``per_class[j]`` holds class ``j``'s one-vs-rest
+    sensitivity and specificity of the argmax prediction (with CIs) and AUC; ``sensitivity`` and
+    ``specificity`` are their macro means (macro sensitivity = balanced accuracy).
 
     Args:
         y_true: class indices (multi-hot matrix for ``task="multilabel"``).
@@ -92,6 +117,7 @@ def evaluate_predictions(
         out["sensitivity"]["estimate"], out["specificity"]["estimate"] = sens, spec
     elif task == "multiclass":
         y_pred = probabilities.argmax(axis=1)
+        k = probabilities.shape[1]
         rates = {
             "accuracy": (
                 lambda y, p: accuracy(y, p.argmax(axis=1)),
@@ -101,11 +127,21 @@ def evaluate_predictions(
                 lambda y, p: roc_auc(y, p, "multiclass"),
                 lambda y, p, counts: roc_auc_per_replicate(y, p, counts, "multiclass"),
             ),
+            # Macro means of the one-vs-rest rates below (macro sensitivity is balanced accuracy).
+            "sensitivity": (lambda y, p: _macro_rates(y, p, 0), lambda y, p, c: _macro_rates_per_replicate(y, p, c, 0)),
+            "specificity": (lambda y, p: _macro_rates(y, p, 1), lambda y, p, c: _macro_rates_per_replicate(y, p, c, 1)),
         }
+        for j in range(k):  # class j against the rest, from the argmax prediction
+            rates[f"sensitivity_{j}"] = _one_vs_rest(j, 0)
+            rates[f"specificity_{j}"] = _one_vs_rest(j, 1)
+        values = with_cis(rates, (y_true, probabilities))
         out.update(
-            **with_cis(rates, (y_true, probabilities)),
+            accuracy=values.pop("accuracy"), auc=values.pop("auc"), sensitivity=values.pop("sensitivity"),
+            specificity=values.pop("specificity"),
+            per_class=[{"sensitivity": values[f"sensitivity_{j}"], "specificity": values[f"specificity_{j}"],
+                        "auc": binary_auc(y_true == j, probabilities[:, j])} for j in range(k)],
             weighted_f1=weighted_f1(y_true, y_pred),
-            confusion_matrix=confusion_matrix(y_true, y_pred, probabilities.shape[1]).tolist(),
+            confusion_matrix=confusion_matrix(y_true, y_pred, k).tolist(),
         )
     elif task == "multilabel":
         rates = {

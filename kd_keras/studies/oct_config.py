@@ -18,14 +18,16 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
-from kd_keras.config import config_to_dict
+from kd_keras.config import ScaleSettings, config_to_dict
 from kd_keras.runner import Flag, RunError
 
 __all__ = ["DUPLICATE_LABEL_POLICIES", "FILE_CHECKS", "FLAGS", "HELDOUT_TEST", "HELD_OUT_OVERLAP_POLICIES",
            "KNOWN_ABNORMAL_CLASSES", "METHODS", "OCTStudyConfig", "PAPER_STUDENTS", "PRESETS", "SOFT_TARGET_FORMS",
-           "SYNTHETIC_TEST", "StudyError", "adjust_settings"]
+           "SYNTHETIC_TEST", "StudyError", "TASKS", "adjust_settings"]
 
 METHODS = ("pseudo", "soft", "both")
+TASKS = ("binary", "multiclass")
+GEOMETRIES = ("resize", "center_crop", "pad")  # kd_keras.data.preprocess.GEOMETRIES (not imported: no cv2 here)
 SOFT_TARGET_FORMS = ("hard_plus_alpha_soft", "convex")
 # Study 002's student families as named in section 2.3 (SqueezeNet, SqueezeResNet, SqueezeNext, MobileNet, Fast
 # MobileNet, ShuffleNet): the paper trained 27 of them, listed in its Supplementary Table 1, which we do not have;
@@ -57,7 +59,7 @@ class StudyError(RunError):
 
 
 @dataclass
-class OCTStudyConfig:
+class OCTStudyConfig(ScaleSettings):
     """Everything a run depends on (recorded in ``results.json``; ``resume`` refuses a different one).
 
     Data:
@@ -81,6 +83,13 @@ class OCTStudyConfig:
             and the JPEG/PNG end marker: catches empty, non-image and truncated files; ~0.05 s per 1,000
             B-scans) or ``"decode"`` (decodes each image too: also corrupt data inside a complete file; ~2 s
             per 1,000 496x512 B-scans on one core). Bad files are left out and reported.
+        task: ``"binary"`` (002: normal vs abnormal, every abnormal class folder merged) or ``"multiclass"`` (one
+            class per folder: OCT2017's CNV, DME, DRUSEN, NORMAL; per-class sensitivity and specificity, macro
+            AUC and the confusion matrix in the report).
+        geometry: how a B-scan that is not square becomes the model's square input (recorded in the exported
+            files' sidecars, so ``kd-keras predict`` does the same): ``"resize"`` (stretch), ``"center_crop"``
+            (full height, central columns), ``"pad"`` (black bands above and below); see
+            ``docs/oct_real.md`` for the comparison on real B-scans.
         validation_fraction, test_fraction: patient-level shares of the labeled data.
         synthetic: :class:`~kd_keras.data.synthetic_oct.SyntheticOCTConfig` fields of the embedded data.
 
@@ -129,6 +138,8 @@ class OCTStudyConfig:
     validation_fraction: float = 0.2
     test_fraction: float = 0.2
     synthetic: dict = field(default_factory=dict)
+    task: str = "binary"
+    geometry: str = "resize"
     image_size: int = 64
     student_channels: int = 1
     teacher: str = "resnet50"
@@ -186,6 +197,10 @@ class OCTStudyConfig:
             raise StudyError(f"soft_target_form must be one of {SOFT_TARGET_FORMS}, got {self.soft_target_form!r}")
         if self.bn_recalibration_batches < 0:
             raise StudyError(f"bn_recalibration_batches must be >= 0, got {self.bn_recalibration_batches}")
+        if self.task not in TASKS:
+            raise StudyError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.geometry not in GEOMETRIES:
+            raise StudyError(f"--geometry must be one of {', '.join(GEOMETRIES)}, got {self.geometry!r}")
         if self.monitor not in ("accuracy", "auc"):
             raise StudyError(f"monitor must be 'accuracy' or 'auc', got {self.monitor!r}")
         if not self.students:

@@ -28,11 +28,12 @@ class StudyData:
     """The resolved data of a run.
 
     Attributes:
-        train: labeled training records (binary: normal 0, abnormal 1).
+        train: labeled training records (``task`` binary: normal 0, abnormal 1; multiclass: one class per
+            folder, in the folders' sorted order).
         validation: labeled validation records (patient-disjoint from ``train``).
         pool: unlabeled pool records.
         tests: test set name -> records.
-        class_names: ``(normal, abnormal)``.
+        class_names: ``(normal, abnormal)`` (binary) or the class folders (multiclass).
         source: what the data is (a path, or the synthetic dataset's folder).
         cluster_unit: ``"volume"`` or ``"patient"``.
         pool_truth: the pool's true binary labels where known (synthetic truth file, or the labels of the
@@ -48,7 +49,7 @@ class StudyData:
     validation: Records
     pool: Records
     tests: dict[str, Records]
-    class_names: tuple[str, str]
+    class_names: tuple[str, ...]
     source: str
     cluster_unit: str
     pool_truth: np.ndarray
@@ -115,6 +116,30 @@ def _binary(records: Records, normal_class: str, where: str, ignored: tuple[str,
         raise StudyError(f"{where}: no usable {' or '.join(empty)} images (class counts {counts}{why}); normal "
                          "vs abnormal needs both: add images to the empty class folder")
     return binary
+
+
+def _multiclass(records: Records, where: str, ignored: tuple[str, ...] = ()) -> Records:
+    """One class per class folder (OCT2017: CNV, DME, DRUSEN, NORMAL), ``ignored`` folders removed."""
+    from kd_keras.data import tasks
+
+    records = tasks.multiclass(records)
+    names = tuple(c for c in records.class_names if c not in ignored)
+    if names != records.class_names:  # the ignored folders' rows are gone already; renumber the others
+        old = {records.class_names.index(c): i for i, c in enumerate(names)}
+        labels = np.asarray([old.get(int(v), -1) for v in records.labels], np.int64)
+        records = dataclasses.replace(records, labels=labels, class_names=names)
+    counts = records.class_counts()
+    if sum(v > 0 for v in counts.values()) < 2:
+        raise StudyError(f"{where}: the multi-class task needs images in at least two class folders (class counts "
+                         f"{counts}); add images, or use --task binary")
+    return records
+
+
+def _same_classes(name: str, records: Records, labeled: Records) -> None:
+    if tuple(records.class_names) != tuple(labeled.class_names):
+        raise StudyError(f"test set {name!r}: class folders {list(records.class_names)} differ from the labeled "
+                         f"data's {list(labeled.class_names)}; a multi-class test set needs the same class folders "
+                         "(an empty folder is fine), or use --ignored-classes")
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -337,7 +362,7 @@ def prepare_data(config: OCTStudyConfig, say: Callable[[str], None] = print) -> 
     volumes: dict[str, str] = {}
     truth_by_path: dict[str, int] = {}
     if config.data_dir is None:
-        from kd_keras.data.synthetic_oct import NORMAL, SyntheticOCTConfig, generate_synthetic_oct
+        from kd_keras.data.synthetic_oct import SyntheticOCTConfig, generate_synthetic_oct
 
         synthetic = SyntheticOCTConfig(**{k: tuple(v) if isinstance(v, list) else v
                                           for k, v in config.synthetic.items()})
@@ -348,7 +373,7 @@ def prepare_data(config: OCTStudyConfig, say: Callable[[str], None] = print) -> 
         for row in _read_csv(root / "index.csv"):
             volumes[os.path.normpath(str(root / row["file"]))] = row["volume"]
         for row in _read_csv(root / "unlabeled_truth.csv"):
-            truth_by_path[os.path.normpath(str(root / row["file"]))] = int(row["label"] != NORMAL)
+            truth_by_path[os.path.normpath(str(root / row["file"]))] = row["label"]
         source, cluster_unit = f"synthetic OCT ({root})", "volume"
     else:
         labeled_dirs = [Path(config.data_dir)]
@@ -370,6 +395,8 @@ def prepare_data(config: OCTStudyConfig, say: Callable[[str], None] = print) -> 
         records = _classes(records, config, str(directory), checks)
         records = _checked_files(records, config, checks)
         records = _two_labels(records, config, str(directory), checks, say)
+        if config.task == "multiclass":
+            return _multiclass(records, str(directory), config.ignored_classes)
         return _binary(records, config.normal_class, str(directory), config.ignored_classes)
 
     labeled = labeled_source(labeled_dirs[0])
@@ -381,6 +408,8 @@ def prepare_data(config: OCTStudyConfig, say: Callable[[str], None] = print) -> 
         labeled = labeled.subset(np.isin(given, ["train", "val"]))
     for name, directory in test_dirs.items():
         tests[name] = labeled_source(directory)
+        if config.task == "multiclass":
+            _same_classes(name, tests[name], labeled)
     try:
         if tests:
             parts = splits.split_by_patient(labeled, (1 - config.validation_fraction, config.validation_fraction),
@@ -399,12 +428,21 @@ def prepare_data(config: OCTStudyConfig, say: Callable[[str], None] = print) -> 
     except ValueError as error:
         raise StudyError(f"{source}: {error}") from None
     pools, truth = [], []
+
+    def true_label(path: str) -> int:  # the synthetic pool's class name -> the task's label (-1: unknown)
+        name = truth_by_path.get(os.path.normpath(path))
+        if name is None:
+            return -1
+        if config.task == "multiclass":
+            return labeled.class_names.index(name) if name in labeled.class_names else -1
+        return int(name != config.normal_class)
+
     for directory in unlabeled_dirs:
         pool = sources.from_folder(directory)
         reports.append(pool.report)
         pool = _checked_files(pool, config, checks)
         pools.append(pool)
-        truth.append(np.asarray([truth_by_path.get(os.path.normpath(p), -1) for p in pool.paths], np.int64))
+        truth.append(np.asarray([true_label(p) for p in pool.paths], np.int64))
     if moved is not None and len(moved):
         pools.append(_as_unlabeled(moved))
         truth.append(moved.labels.astype(np.int64))

@@ -45,6 +45,57 @@ def table_sensitivity_specificity(results: dict) -> str:
     return markdown_table(headers, rows)
 
 
+def _models(results: dict) -> list[tuple[str, dict]]:
+    """(label, evaluations) of the teacher, each baseline and each best student-teacher run, in table order."""
+    out = [(f"{results['teacher']['name']} (teacher)", results["teacher"]["eval"])]
+    for name, st in results["students"].items():
+        out.append((name, st["baseline"]["eval"]))
+        if st.get("student_teacher"):
+            out.append((f"{name}+ST", st["student_teacher"]["eval"]))
+    return out
+
+
+def table_per_class(results: dict, set_name: str) -> str:
+    """Multi-class: each class's one-vs-rest sensitivity and specificity (95% clustered CIs) and AUC on
+    ``set_name``, for every model."""
+    classes = results["data"]["class_names"]
+    headers = ["model"] + [f"{c} {m}" for c in classes for m in ("sensitivity", "specificity", "AUC")]
+    rows = []
+    for label, evals in _models(results):
+        per_class = evals.get(set_name, {}).get("per_class") or []
+        row = [label]
+        for j in range(len(classes)):
+            entry = per_class[j] if j < len(per_class) else {}
+            row += [format_ci(entry.get("sensitivity")), format_ci(entry.get("specificity")),
+                    "-" if entry.get("auc") is None else f"{entry['auc']:.3f}"]
+        rows.append(row)
+    return markdown_table(headers, rows)
+
+
+def table_confusion(results: dict, set_name: str) -> str:
+    """Multi-class: the confusion matrix (rows: true class, columns: predicted) of every model on ``set_name``."""
+    classes = results["data"]["class_names"]
+    blocks = []
+    for label, evals in _models(results):
+        matrix = evals.get(set_name, {}).get("confusion_matrix")
+        if matrix:
+            rows = [[f"true {c}", *map(str, matrix[i])] for i, c in enumerate(classes)]
+            blocks += [f"**{label}**", "", markdown_table(["", *(f"pred {c}" for c in classes)], rows), ""]
+    return "\n".join(blocks)
+
+
+def multiclass_section(results: dict) -> list[str]:
+    """The per-class tables and confusion matrices of a multi-class run (empty for a binary one)."""
+    if results["config"].get("task", "binary") != "multiclass":
+        return []
+    lines = []
+    for set_name in results["data"]["test_sets"] or ["validation"]:
+        lines += [f"## Per class on `{set_name}` (one-vs-rest of the most probable class; 95% clustered CIs)", "",
+                  table_per_class(results, set_name), "", f"## Confusion matrices on `{set_name}`", "",
+                  table_confusion(results, set_name), ""]
+    return lines
+
+
 def _run_label(r: dict) -> str:
     label = f"{r['method']} {int(round(100 * r['fraction']))}%"
     objective = r.get("objective") or {}
@@ -132,7 +183,9 @@ def recommend(results: dict) -> str:
     text = f"Deploy **{name}**, trained with {how}: AUC {auc:.3f} on `{key_set}`"
     if teacher_auc is not None:
         text += f" (teacher {teacher_auc:.3f})"
-    if sens is not None and spec is not None:
+    if sens is not None and spec is not None and results["config"].get("task", "binary") == "multiclass":
+        text += f", mean per-class sensitivity {100 * sens:.1f}% and specificity {100 * spec:.1f}%"
+    elif sens is not None and spec is not None:
         text += (f", sensitivity {100 * sens:.1f}% and specificity {100 * spec:.1f}% at probability >= "
                  f"{results['config']['threshold']}")
     if speed:
@@ -178,7 +231,13 @@ def _roc_data(results: dict, out_dir: Path) -> dict:
         path = folder / f"{stem}__{sets[0]}.npz"
         if path.is_file():
             with np.load(path) as saved:
-                curves[label] = (saved["labels"], saved["scores"])
+                truth, scores = saved["labels"], saved["scores"]
+            if scores.ndim == 2:  # multi-class: the normal-vs-abnormal curve, abnormal score = 1 - p(normal)
+                names = list(results["data"]["class_names"])
+                normal = names.index(results["config"].get("normal_class", "NORMAL")) if results["config"].get(
+                    "normal_class", "NORMAL") in names else 0
+                truth, scores = (truth != normal).astype(np.int64), 1.0 - scores[:, normal]
+            curves[label] = (truth, scores)
     return curves
 
 
@@ -329,11 +388,18 @@ def write_report(results: dict, out_dir: Path, roc_data: dict | None = None) -> 
         + ", ".join(f"`{s}`" for s in results["students"]) + f"; best epoch chosen by validation {cfg['monitor']}.",
         batch_norm_sentence(cfg["bn_recalibration_batches"]),
     ]
+    if cfg.get("task", "binary") == "multiclass":
+        point = ("Multi-class (" + ", ".join(d["class_names"]) + "): AUC is the macro one-vs-rest AUC, "
+                 "sensitivity and specificity the macro means of the per-class rates below (the most probable "
+                 "class is the prediction).")
+    else:
+        point = f"Operating point: abnormal probability >= {cfg['threshold']}."
     lines += ["", data_checks_section(results), "", "## Recommendation", "", recommend(results), "",
               "## Sensitivity and specificity (95% clustered-bootstrap CIs)", "",
-              f"Operating point: abnormal probability >= {cfg['threshold']}. Clusters: {d.get('cluster_unit')}; "
+              f"{point} Clusters: {d.get('cluster_unit')}; "
               f"{cfg['n_boot']} bootstrap replicates. `+ST`: the student's best student-teacher run by validation "
               f"{cfg['monitor']}.", "", table_sensitivity_specificity(results), "",
+              *multiclass_section(results),
               "## Every student run", "", table_fractions(results), "",
               "## Pseudo-labels", "", table_pseudo_labels(results), "",
               "## Per-volume inference", "",

@@ -37,14 +37,15 @@ def seed_once(ctx: RunContext) -> None:
 def student_preprocess(config: OCTStudyConfig):
     from kd_keras.data.preprocess import PreprocessConfig
 
-    return PreprocessConfig((config.image_size, config.image_size), channels=config.student_channels)
+    return PreprocessConfig((config.image_size, config.image_size), channels=config.student_channels,
+                            geometry=config.geometry)
 
 
 def teacher_preprocess(ctx: RunContext):
     from kd_keras.data.preprocess import PreprocessConfig
 
     shape = ctx.outputs["teacher"]["input_shape"]
-    return PreprocessConfig(tuple(shape[:2]), channels=shape[2])
+    return PreprocessConfig(tuple(shape[:2]), channels=shape[2], geometry=ctx.config.geometry)
 
 
 def progress_callback(total_steps: int, description: str, enabled: bool):
@@ -155,7 +156,8 @@ def teacher_stage(ctx: RunContext) -> dict[str, Any]:
         init = None if weights == "none" else weights
 
         def build():
-            return build_model(config.teacher, shape, 2, weights=init, dropout=config.teacher_dropout,
+            return build_model(config.teacher, shape, len(data.class_names), weights=init,
+                               dropout=config.teacher_dropout,
                                **config.teacher_options)
 
         build()  # a missing ImageNet file fails now, before any training
@@ -220,10 +222,16 @@ def pseudo_label_stage(ctx: RunContext) -> dict[str, Any]:
         summary["truth_check"] = {
             "examples": int(known.sum()),
             "pseudo_label_accuracy": float(np.mean(predicted == truth)),
-            "pseudo_label_sensitivity": float(np.mean(predicted[truth == 1] == 1)) if (truth == 1).any() else None,
-            "pseudo_label_specificity": float(np.mean(predicted[truth == 0] == 0)) if (truth == 0).any() else None,
             "note": "analysis only: the pool's true labels are never used for training",
         }
+        if len(data.class_names) == 2:
+            summary["truth_check"].update(
+                pseudo_label_sensitivity=float(np.mean(predicted[truth == 1] == 1)) if (truth == 1).any() else None,
+                pseudo_label_specificity=float(np.mean(predicted[truth == 0] == 0)) if (truth == 0).any() else None)
+        else:  # per class: how many of its pool images the teacher labels right
+            summary["truth_check"]["pseudo_label_recall_per_class"] = {
+                name: float(np.mean(predicted[truth == j] == j)) if (truth == j).any() else None
+                for j, name in enumerate(data.class_names)}
         ctx.say(f"pseudo-labels: {100 * summary['truth_check']['pseudo_label_accuracy']:.1f}% agree with the "
                 f"pool's true labels ({int(known.sum())} images; analysis only)")
     summary["seconds"] = round(time.perf_counter() - start, 2)
@@ -302,7 +310,7 @@ def _train_student(ctx: RunContext, name: str, run: dict[str, Any]) -> dict[str,
     label = f"{name} {run['method']} {int(round(100 * fraction))}%"
 
     def build():
-        student = build_model(name, shape, 2)
+        student = build_model(name, shape, len(data.class_names))
         return Distiller(student, load_model(teacher_path)) if live_teacher else student
 
     grid = train_lr_grid(
@@ -379,9 +387,12 @@ def evaluation_stage(ctx: RunContext) -> dict[str, Any]:
         out = {}
         for set_name, records in sets.items():
             predictions = predict(model, records, pre, batch_size=64)
-            probabilities = predictions.probabilities()[:, 1]
+            # Binary: the abnormal probability, thresholded at config.threshold; multiclass: every class's.
+            probabilities = predictions.probabilities()
+            if config.task == "binary":
+                probabilities = probabilities[:, 1]
             clusters = data.clusters(records)[predictions.indices]
-            out[set_name] = evaluate_predictions(predictions.labels, probabilities, clusters, "binary",
+            out[set_name] = evaluate_predictions(predictions.labels, probabilities, clusters, config.task,
                                                  config.threshold, config.n_boot, config.seed)
             np.savez_compressed(predictions_dir / f"{label}__{set_name}.npz", labels=predictions.labels,
                                 scores=probabilities, indices=predictions.indices)
