@@ -23,13 +23,15 @@ import numpy as np
 ONNX_OPSET = 17
 
 
-def convert_onnx(model, path: str | os.PathLike, opset: int = ONNX_OPSET) -> Path:
+def convert_onnx(model, path: str | os.PathLike, opset: int = ONNX_OPSET, optimize: bool = True) -> Path:
     """Convert a Keras model to ONNX with tf2onnx.
 
     Args:
         model: a Keras model with one ``(H, W, C)`` image input and logits out.
         path: output ``.onnx`` path.
         opset: ONNX opset (17 by default, the project's target).
+        optimize: apply the exact rewrites of :mod:`kd_keras.export.onnx_optimize` (channel shuffle as one
+            ``Gather``, input normalisation in NCHW): the same arithmetic, faster in ONNX Runtime.
 
     Returns:
         ``path``.
@@ -55,6 +57,10 @@ def convert_onnx(model, path: str | os.PathLike, opset: int = ONNX_OPSET) -> Pat
         reason = str(error).strip().splitlines()
         raise RuntimeError(f"{path}: ONNX conversion of {model.name} failed: "
                            f"{reason[0] if reason else type(error).__name__}") from error
+    if optimize:
+        from kd_keras.export.onnx_optimize import optimize_onnx
+
+        optimize_onnx(path)
     return path
 
 
@@ -72,12 +78,17 @@ class OnnxRunner:
         num_threads: intra-op threads (``None``: ONNX Runtime's default, all cores).
         providers: execution providers, e.g. ``["CUDAExecutionProvider", "CPUExecutionProvider"]``
             (default: CPU only, so timings are comparable across machines).
+        graph_optimization_level: ``"all"`` (ONNX Runtime's default: layout transforms such as NCHWc included),
+            ``"extended"``, ``"basic"`` or ``"disable"``.
+        session_config: extra ``SessionOptions.add_session_config_entry`` keys, e.g.
+            ``{"session.intra_op.allow_spinning": "0"}``.
 
     Example:
         >>> logits = OnnxRunner("student.onnx", num_threads=2).predict(images, batch_size=16)
     """
 
-    def __init__(self, path: str | os.PathLike, num_threads: int | None = None, providers: list[str] | None = None):
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None, providers: list[str] | None = None,
+                 graph_optimization_level: str = "all", session_config: dict[str, str] | None = None):
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -88,6 +99,14 @@ class OnnxRunner:
             options.intra_op_num_threads = int(num_threads)
             options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        level = ort.GraphOptimizationLevel
+        levels = {"all": level.ORT_ENABLE_ALL, "basic": level.ORT_ENABLE_BASIC,
+                  "extended": level.ORT_ENABLE_EXTENDED, "disable": level.ORT_DISABLE_ALL}
+        if graph_optimization_level not in levels:
+            raise ValueError(f"graph_optimization_level {graph_optimization_level!r}: expected one of {list(levels)}")
+        options.graph_optimization_level = levels[graph_optimization_level]
+        for key, value in (session_config or {}).items():
+            options.add_session_config_entry(key, str(value))
         try:
             self.session = ort.InferenceSession(
                 str(self.path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
