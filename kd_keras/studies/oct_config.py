@@ -20,6 +20,13 @@ from typing import Any
 
 from kd_keras.config import ScaleSettings, config_to_dict
 from kd_keras.runner import Flag, RunError
+from kd_keras.studies.data_checks import (
+    DUPLICATE_LABEL_POLICIES,
+    FILE_CHECKS,
+    HELD_OUT_OVERLAP_POLICIES,
+    KNOWN_ABNORMAL_CLASSES,
+    check_data_settings,
+)
 
 __all__ = ["DUPLICATE_LABEL_POLICIES", "FILE_CHECKS", "FLAGS", "HELDOUT_TEST", "HELD_OUT_OVERLAP_POLICIES",
            "KNOWN_ABNORMAL_CLASSES", "METHODS", "OCTStudyConfig", "PAPER_STUDENTS", "PRESETS", "SOFT_TARGET_FORMS",
@@ -43,12 +50,6 @@ PAPER_STUDENTS = (
 )
 SYNTHETIC_TEST = "synthetic_test"
 HELDOUT_TEST = "heldout_test"
-# Class folders counted as abnormal with no option: OCT2017 (CNV, DME, DRUSEN), the Kermany chest X-rays
-# (PNEUMONIA) and a folder already named for the task. Any other folder is refused by name, never merged silently.
-KNOWN_ABNORMAL_CLASSES = ("CNV", "DME", "DRUSEN", "PNEUMONIA", "ABNORMAL")
-HELD_OUT_OVERLAP_POLICIES = ("refuse", "drop")
-DUPLICATE_LABEL_POLICIES = ("refuse", "keep", "drop")
-FILE_CHECKS = ("header", "decode")
 
 
 class StudyError(RunError):
@@ -214,21 +215,7 @@ class OCTStudyConfig(ScaleSettings):
             self.fractions = (0.0, *self.fractions)
 
     def _check_data_settings(self) -> None:
-        for option, value, allowed in (("--held-out-overlap", self.held_out_overlap, HELD_OUT_OVERLAP_POLICIES),
-                                       ("--duplicate-labels", self.duplicate_labels, DUPLICATE_LABEL_POLICIES),
-                                       ("--file-check", self.file_check, FILE_CHECKS)):
-            if value not in allowed:
-                raise StudyError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
-        self.abnormal_classes = tuple(self.abnormal_classes)
-        self.ignored_classes = tuple(self.ignored_classes)
-        for option, names in (("--abnormal-classes", self.abnormal_classes),
-                              ("--ignored-classes", self.ignored_classes)):
-            if self.normal_class in names:
-                raise StudyError(f"{option}: {self.normal_class!r} is the --normal-class; it cannot be "
-                                 f"{'abnormal' if 'abnormal' in option else 'ignored'} too")
-        both = sorted(set(self.abnormal_classes) & set(self.ignored_classes))
-        if both:
-            raise StudyError(f"--abnormal-classes and --ignored-classes both name {', '.join(both)}; choose one")
+        check_data_settings(self, StudyError)
 
     @classmethod
     def from_preset(cls, preset: str = "quick", **overrides: Any) -> OCTStudyConfig:

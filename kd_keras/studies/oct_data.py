@@ -9,8 +9,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from kd_keras.data.records import Records
+from kd_keras.studies.data_checks import DataChecks, nested_folders, skipped_files
 from kd_keras.studies.oct_config import HELDOUT_TEST, SYNTHETIC_TEST, OCTStudyConfig, StudyError
 
 __all__ = ["StudyData", "check_folders", "prepare_data"]
@@ -65,13 +64,7 @@ class StudyData:
         return np.asarray(records.patients, dtype=object)
 
     def skipped_files(self) -> list[dict[str, str]]:
-        seen, out = set(), []
-        for report in self.reports:
-            for problem in report.entries("skipped"):
-                if problem.path not in seen:
-                    seen.add(problem.path)
-                    out.append({"path": problem.path, "kind": problem.kind, "detail": problem.detail})
-        return out
+        return skipped_files(self.reports)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -147,94 +140,11 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _classes(records: Records, config: OCTStudyConfig, where: str, checks: dict[str, Any]) -> Records:
-    """Class folders mean exactly what they say: the normal class, known abnormal classes, ignored ones."""
-    names = records.class_names
-    if config.normal_class not in names:
-        raise StudyError(f"{where}: no class folder named {config.normal_class!r} (found {list(names)}); "
-                         "pass --normal-class with the folder of the normal images")
-    unknown = [c for c in names if c != config.normal_class and c not in config.abnormal_classes
-               and c not in config.ignored_classes]
-    if unknown:
-        mapped = " ".join([*config.abnormal_classes, *unknown])
-        raise StudyError(f"{os.path.join(where, unknown[0])}: class folder {unknown[0]!r} is neither the normal "
-                         f"class ({config.normal_class}) nor a known abnormal class "
-                         f"({', '.join(config.abnormal_classes)}); pass --abnormal-classes {mapped} to count it "
-                         f"as abnormal, or --ignored-classes {' '.join(unknown)} to leave it out")
-    ignored = [c for c in names if c in config.ignored_classes]
-    if ignored:
-        drop = np.isin(records.labels, [names.index(c) for c in ignored])
-        for name in ignored:
-            count = int((records.labels == names.index(name)).sum())
-            records.report.note("ignored_class", os.path.join(where, name),
-                                f"class folder left out (--ignored-classes): {count} images")
-            checks["ignored_classes"][os.path.join(where, name)] = count
-        records = records.subset(~drop)
-    return records
-
-
-def _two_labels(records: Records, config: OCTStudyConfig, where: str, checks: dict[str, Any],
-                say: Callable[[str], None]) -> Records:
-    """One image in two class folders: refused, kept (noted) or dropped, as ``duplicate_labels`` says."""
-    from kd_keras.data.overlap import example_pairs, images_under_two_labels
-
-    start = time.perf_counter()
-    groups = images_under_two_labels(records)
-    checks["same_image_seconds"] = round(checks["same_image_seconds"] + time.perf_counter() - start, 3)
-    if not groups:
-        return records
-    if config.duplicate_labels == "refuse":
-        raise StudyError(f"{where}: {len(groups)} images are in two class folders at once, e.g. "
-                         f"{example_pairs(groups)}; remove the wrong copy, or pass --duplicate-labels keep (each "
-                         "copy with its folder's label) or --duplicate-labels drop (leave every copy out)")
-    rows = sorted({row for g in groups for _, row, _ in g.members})
-    for group in groups:
-        labels = " and ".join(sorted(group.sets()))
-        for _, _, path in group.members:
-            detail = f"the same image is under {labels} ({group.how}; --duplicate-labels {config.duplicate_labels})"
-            if config.duplicate_labels == "drop":
-                records.report.skip("conflicting_labels", path, detail)
-            else:
-                records.report.note("conflicting_labels", path, detail)
-    checks["images_under_two_labels"].append({
-        "where": where, "images": len(groups), "files": len(rows), "action": config.duplicate_labels,
-        "examples": [g.paths() for g in groups[:5]]})
-    say(f"data checks: {where}: {len(groups)} images are under two labels ({config.duplicate_labels}), e.g. "
-        f"{example_pairs(groups)}")
-    if config.duplicate_labels == "drop":
-        keep = np.ones(len(records), bool)
-        keep[rows] = False
-        return records.subset(keep)
-    return records
-
-
-def _checked_files(records: Records, config: OCTStudyConfig, checks: dict[str, Any]) -> Records:
-    from kd_keras.data.validate import check_files
-
-    start = time.perf_counter()
-    checks["files_checked"] += len(records)
-    records = check_files(records, mode=config.file_check)
-    checks["file_check_seconds"] = round(checks["file_check_seconds"] + time.perf_counter() - start, 3)
-    return records
-
-
-def _nested(first: Path, second: Path) -> str | None:
-    """How folder ``first`` relates to ``second`` (real paths): "is", "contains", "is inside" or ``None``."""
-    a, b = os.path.realpath(first), os.path.realpath(second)
-    if a == b:
-        return "is"
-    if b.startswith(a.rstrip(os.sep) + os.sep):
-        return "contains"
-    if a.startswith(b.rstrip(os.sep) + os.sep):
-        return "is inside"
-    return None
-
-
 def _refuse_shared_folders(config: OCTStudyConfig, labeled: Path, unlabeled: list[Path],
                            tests: dict[str, Path]) -> None:
     """Folders that would put held-out images into training, refused by name before anything is read."""
     for test in tests.values():
-        how = _nested(test, labeled)
+        how = nested_folders(test, labeled)
         if how:
             raise StudyError(f"--test-dir {test} {how} the --data-dir {labeled}: its images would be trained on; "
                              "pass a test folder of other images")
@@ -242,7 +152,7 @@ def _refuse_shared_folders(config: OCTStudyConfig, labeled: Path, unlabeled: lis
         return  # "drop": the images the folders share are dropped from the pool, image by image
     for folder in unlabeled:
         for option, other in (("--data-dir", labeled), *(("--test-dir", t) for t in tests.values())):
-            how = _nested(folder, other)
+            how = nested_folders(folder, other)
             if how and how != "is inside":  # a pool folder inside the data root is an unknown class folder
                 raise StudyError(f"--unlabeled-dir {folder} {how} the {option} {other}: its labeled, validation "
                                  "and test images would be pseudo-labeled and trained on; pass a folder of other "
@@ -277,69 +187,14 @@ def check_folders(config: OCTStudyConfig) -> None:
     _refuse_shared_folders(config, Path(config.data_dir), [Path(d) for d in config.unlabeled_dirs], tests)
 
 
-def _held_out_overlap(data: StudyData, config: OCTStudyConfig, say: Callable[[str], None]) -> None:
+def _held_out_overlap(data: StudyData, checks: DataChecks) -> None:
     """No held-out image is ever trained on: a test image in the training data is refused; a pool image that
     is also labeled, validation or test is refused or (``held_out_overlap="drop"``) dropped from the pool."""
-    from kd_keras.data.overlap import example_pairs, find_same_images
-    from kd_keras.data.report import DataReport
-
-    sets = {"pool": data.pool.paths, "train": data.train.paths, "validation": data.validation.paths,
-            **{f"test set {name!r}": records.paths for name, records in data.tests.items()}}
-    start = time.perf_counter()
-    groups = [g for g in find_same_images({k: v for k, v in sets.items() if v is not None})
-              if len(g.sets()) > 1]
-    data.checks["same_image_seconds"] = round(data.checks["same_image_seconds"] + time.perf_counter() - start, 3)
-    for name in data.tests:
-        leaked = [g for g in groups if f"test set {name!r}" in g.sets() and g.sets() & {"train", "validation"}]
-        if leaked:
-            where = ", ".join(f"{s} {n}" for s in ("train", "validation")
-                              if (n := sum(s in g.sets() for g in leaked)))
-            raise StudyError(f"test set {name!r}: {len(leaked)} images are also training or validation images "
-                             f"({where}), e.g. {example_pairs(leaked)}; a test image must never be trained on: "
-                             "remove the copies from the labeled folder or from the test folder")
-    shared = [g for g in groups if "pool" in g.sets()]
-    if not shared:
-        return
-    counts = {s: sum(s in g.sets() for g in shared) for s in sets if s != "pool"}
-    where = ", ".join(f"{s} {n}" for s, n in counts.items() if n)
-    if config.held_out_overlap == "refuse":
-        raise StudyError(f"unlabeled pool: {len(shared)} images are also labeled, validation or test images "
-                         f"({where}), e.g. {example_pairs(shared)}; the students would train on them: remove them "
-                         "from the pool folder, or pass --held-out-overlap drop to leave them out of the pool")
-    rows = sorted({row for g in shared for row in g.rows("pool")})
-    report = DataReport()
-    for group in shared:
-        others = ", ".join(sorted(group.sets() - {"pool"}))
-        for row in group.rows("pool"):
-            report.skip("held_out_overlap", data.pool.paths[row], f"also in {others} ({group.how}); dropped "
-                        "from the pool (--held-out-overlap drop)")
-    keep = np.ones(len(data.pool), bool)
-    keep[rows] = False
-    if not keep.any():
-        raise StudyError(f"unlabeled pool: all {len(data.pool)} images are also labeled, validation or test "
-                         f"images ({where}); pass an --unlabeled-dir of other images")
-    data.pool, data.pool_truth = data.pool.subset(keep), data.pool_truth[keep]
-    data.reports.append(report)
-    data.checks["held_out_dropped_from_pool"] = {"files": len(rows), "shared_with": counts,
-                                                 "examples": [g.paths() for g in shared[:5]]}
-    say(f"data checks: dropped {len(rows)} pool images that are also {where} (--held-out-overlap drop), e.g. "
-        f"{example_pairs(shared)}")
-
-
-def _say_checks(data: StudyData, say: Callable[[str], None], shown: int = 10) -> None:
-    checks, skipped = data.checks, data.skipped_files()
-    line = (f"data checks: {checks['files_checked']} files checked ({checks['file_check']}) in "
-            f"{checks['file_check_seconds']:.2f} s, same-image search {checks['same_image_seconds']:.2f} s; "
-            f"{len(skipped)} files left out")
-    if skipped:
-        line += " (" + ", ".join(f"{n} {k}" for k, n in checks["left_out_by_kind"].items()) + ")"
-    say(line)
-    for entry in skipped[:shown]:
-        say(f"  left out {entry['path']}: {entry['detail']}")
-    for folder, count in checks["ignored_classes"].items():
-        say(f"  left out class folder {folder} (--ignored-classes): {count} images")
-    if len(skipped) > shown:
-        say(f"  ... {len(skipped) - shown} more in results.json (data.skipped_files)")
+    sets = {"pool": data.pool, "train": data.train, "validation": data.validation,
+            **{f"test set {name!r}": records for name, records in data.tests.items()}}
+    keep = checks.held_out(sets, tests=[f"test set {name!r}" for name in data.tests])
+    if keep is not None and not keep.all():
+        data.pool, data.pool_truth = data.pool.subset(keep), data.pool_truth[keep]
 
 
 def prepare_data(config: OCTStudyConfig, say: Callable[[str], None] = print) -> StudyData:
@@ -357,8 +212,8 @@ def prepare_data(config: OCTStudyConfig, say: Callable[[str], None] = print) -> 
     """
     from kd_keras.data import sources, splits
 
-    checks: dict[str, Any] = {"file_check": config.file_check, "files_checked": 0, "file_check_seconds": 0.0,
-                              "same_image_seconds": 0.0, "ignored_classes": {}, "images_under_two_labels": []}
+    data_checks = DataChecks.of(config, say, StudyError)
+    checks, reports = data_checks.checks, data_checks.reports
     volumes: dict[str, str] = {}
     truth_by_path: dict[str, int] = {}
     if config.data_dir is None:
@@ -386,15 +241,15 @@ def prepare_data(config: OCTStudyConfig, say: Callable[[str], None] = print) -> 
             test_dirs[name] = Path(directory)
         source, cluster_unit = str(config.data_dir), "patient"
         _refuse_shared_folders(config, labeled_dirs[0], unlabeled_dirs, test_dirs)
-    reports = []
 
     def labeled_source(directory: Path) -> Records:
         # An empty disease folder is fine for normal vs abnormal (checked after binarising).
-        records = sources.from_class_folders(directory, allow_empty_classes=True)
-        reports.append(records.report)
-        records = _classes(records, config, str(directory), checks)
-        records = _checked_files(records, config, checks)
-        records = _two_labels(records, config, str(directory), checks, say)
+        records = data_checks.track(sources.from_class_folders(directory, allow_empty_classes=True))
+        records = data_checks.classes(records, str(directory), normal_class=config.normal_class,
+                                      abnormal_classes=config.abnormal_classes,
+                                      ignored_classes=config.ignored_classes)
+        records = data_checks.files(records)
+        records = data_checks.two_labels(records, str(directory))
         if config.task == "multiclass":
             return _multiclass(records, str(directory), config.ignored_classes)
         return _binary(records, config.normal_class, str(directory), config.ignored_classes)
@@ -438,9 +293,7 @@ def prepare_data(config: OCTStudyConfig, say: Callable[[str], None] = print) -> 
         return int(name != config.normal_class)
 
     for directory in unlabeled_dirs:
-        pool = sources.from_folder(directory)
-        reports.append(pool.report)
-        pool = _checked_files(pool, config, checks)
+        pool = data_checks.files(sources.from_folder(directory))
         pools.append(pool)
         truth.append(np.asarray([true_label(p) for p in pool.paths], np.int64))
     if moved is not None and len(moved):
@@ -455,9 +308,6 @@ def prepare_data(config: OCTStudyConfig, say: Callable[[str], None] = print) -> 
     data = StudyData(train=train, validation=validation, pool=pool, tests=tests,
                      class_names=tuple(labeled.class_names), source=source, cluster_unit=cluster_unit,
                      pool_truth=np.concatenate(truth), volumes=volumes, reports=reports, checks=checks)
-    _held_out_overlap(data, config, say)
-    skipped = data.skipped_files()
-    checks["left_out"] = len(skipped)
-    checks["left_out_by_kind"] = dict(sorted(Counter(entry["kind"] for entry in skipped).items()))
-    _say_checks(data, say)
+    _held_out_overlap(data, data_checks)
+    data_checks.finish()
     return data

@@ -13,6 +13,7 @@ import numpy as np
 
 from kd_keras.evaluation.plots import plot_accuracy_vs_fraction, plot_roc_curves, plot_time_vs_accuracy
 from kd_keras.evaluation.report import batch_norm_sentence, format_ci, markdown_table
+from kd_keras.studies.data_checks import data_checks_section
 
 
 def _sets(results: dict) -> list[str]:
@@ -334,40 +335,6 @@ def predict_command(results: dict) -> str | None:
 def _recommended(results: dict) -> str | None:
     text = recommend(results)
     return next((name for name in results.get("students", {}) if f"Deploy **{name}**" in text), None)
-
-
-def data_checks_section(results: dict, shown: int = 50) -> str:
-    """``## Data checks``: what was checked before training, every file left out (the first ``shown``; all of
-    them are in ``results.json``), ignored class folders, images under two labels, pool images dropped as
-    held-out."""
-    d = results.get("data", {})
-    checks, skipped = d.get("checks") or {}, d.get("skipped_files") or []
-    lines = ["## Data checks", ""]
-    if checks:
-        lines.append(f"Before training, {checks.get('files_checked', 0)} labeled, pool and test files were checked "
-                     f"(`file_check: {checks.get('file_check')}`, {checks.get('file_check_seconds', 0):.2f} s) and "
-                     f"searched for the same image in two places (same path, symlink, hard link or identical "
-                     f"bytes; {checks.get('same_image_seconds', 0):.2f} s): no test image is a training image, "
-                     "and no pool image is a labeled, validation or test image.")
-    by_kind = ", ".join(f"{n} {k}" for k, n in (checks.get("left_out_by_kind") or {}).items())
-    lines += ["", f"{len(skipped)} files left out" + (f" ({by_kind})" if by_kind else "") + "."]
-    if skipped:
-        lines += ["", markdown_table(["file", "kind", "problem"],
-                                     [[f"`{e['path']}`", e["kind"], e["detail"]] for e in skipped[:shown]])]
-        if len(skipped) > shown:
-            lines.append(f"... and {len(skipped) - shown} more (`data.skipped_files` in results.json).")
-    for folder, count in (checks.get("ignored_classes") or {}).items():
-        lines.append(f"- Class folder `{folder}` left out (`ignored_classes`): {count} images.")
-    for entry in checks.get("images_under_two_labels") or []:
-        example = " = ".join(f"`{p}`" for p in entry["examples"][0][:2]) if entry["examples"] else ""
-        lines.append(f"- {entry['where']}: {entry['images']} images are under two labels "
-                     f"(`duplicate_labels: {entry['action']}`), e.g. {example}.")
-    dropped = checks.get("held_out_dropped_from_pool")
-    if dropped:
-        shared = ", ".join(f"{k} {n}" for k, n in dropped["shared_with"].items() if n)
-        lines.append(f"- {dropped['files']} pool images were also {shared} images and were dropped from the pool "
-                     "(`held_out_overlap: drop`).")
-    return "\n".join(lines)
 
 
 def write_report(results: dict, out_dir: Path, roc_data: dict | None = None) -> Path:
