@@ -24,6 +24,7 @@ from typing import Any
 
 from kd_keras.data.preprocess import PreprocessConfig
 from kd_keras.runner import Flag, RunError, apply_demo_flags, demo_flags
+from kd_keras.studies.data_checks import KNOWN_ABNORMAL_CLASSES, check_data_settings
 
 __all__ = ["EPOCH_BUDGETS", "FLAGS", "KD_OBJECTIVES", "LAYOUTS", "PRESETS", "STUDENT_TITLES", "VARIANTS", "DRError",
            "DRKDConfig", "adjust_settings"]
@@ -63,6 +64,14 @@ class DRKDConfig:
         pool: folder of unlabeled random (natural) images; none: the built-in fallback pool.
         pool_size: images of the built-in fallback pool.
         limit: use a random subset of this many labeled images (0: all).
+        held_out_overlap: a pool image that is also a labeled image (same path, link or identical bytes):
+            ``refuse`` the run (default) or ``drop`` it from the pool (reported).
+        duplicate_labels: one image under two classes: ``refuse`` (default), ``keep`` or ``drop`` every copy.
+        file_check: how every labeled and pool file is checked before training: ``header`` or ``decode``;
+            bad files are left out and reported (:mod:`kd_keras.studies.data_checks`).
+        abnormal_classes: with ``task: normal_vs_abnormal`` on class folders, the folders counted as abnormal
+            besides NORMAL (any other folder is refused by name).
+        ignored_classes: class folders left out (reported).
         synthetic_patients: patients (two photographs each) of the synthetic data.
         synthetic_difficulty: lesion difficulty of the synthetic data (0 easy .. 2 hard).
         image_size: square input side (the paper: 300).
@@ -109,6 +118,11 @@ class DRKDConfig:
     pool: str | None = None
     pool_size: int = 20000
     limit: int = 0
+    held_out_overlap: str = "refuse"
+    duplicate_labels: str = "refuse"
+    file_check: str = "header"
+    abnormal_classes: tuple[str, ...] = KNOWN_ABNORMAL_CLASSES
+    ignored_classes: tuple[str, ...] = ()
     synthetic_patients: int = 60
     synthetic_difficulty: float = 0.5
     image_size: int = 300
@@ -178,6 +192,7 @@ class DRKDConfig:
             self.teacher_weights = None  # "--teacher-weights none": from scratch
         self.students = tuple(self.students)
         self.variants = tuple(self.variants)
+        check_data_settings(self, DRError)
 
     def step_epochs(self, variant: str, step: str) -> int:
         """Epochs of ``step`` (``ul``, ``kd``, ``hard``) in ``variant`` under ``student_epochs``/``epoch_budget``.
