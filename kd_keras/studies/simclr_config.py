@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kd_keras.runner import Flag, RunError, apply_demo_flags, demo_flags
+from kd_keras.studies.data_checks import KNOWN_ABNORMAL_CLASSES, check_data_settings
 
 __all__ = ["BASELINES", "FLAGS", "LAYOUTS", "METHODS", "PRESETS", "SimCLRConfig", "SimCLRError", "adjust_settings"]
 
@@ -58,6 +59,14 @@ class SimCLRConfig:
         synthetic_difficulty: lesion difficulty of the generated data, 0 (obvious) to 1.
         labeled_fraction: share of the training patients whose labels are used [0.02]; the rest is the pool.
         test_fraction: share of the patients held out as the test set.
+        held_out_overlap: an extra test image that is also a training (labeled or pool) image is always
+            refused; a pool image that is also a labeled or test image: ``refuse`` (default) or ``drop`` it.
+        duplicate_labels: one image under two classes: ``refuse`` (default), ``keep`` or ``drop`` every copy.
+        file_check: how every labeled and test file is checked before training: ``header`` or ``decode``;
+            bad files are left out and reported (:mod:`kd_keras.studies.data_checks`).
+        abnormal_classes: with ``task: normal_vs_abnormal`` on class folders, the folders counted as abnormal
+            besides NORMAL (any other folder is refused by name).
+        ignored_classes: class folders left out (reported).
 
     Models:
         image_size: input size in pixels [299].
@@ -110,6 +119,11 @@ class SimCLRConfig:
     channels: int = 3
     labeled_fraction: float = 0.02
     test_fraction: float = 0.2
+    held_out_overlap: str = "refuse"
+    duplicate_labels: str = "refuse"
+    file_check: str = "header"
+    abnormal_classes: tuple[str, ...] = KNOWN_ABNORMAL_CLASSES
+    ignored_classes: tuple[str, ...] = ()
     teacher: str = "resnet50"
     teacher_weights: str | None = "imagenet"
     student: str = "densenet121"
@@ -167,6 +181,7 @@ class SimCLRConfig:
                 raise SimCLRError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.synthetic_patients < 0 or self.n_boot < 0 or self.tsne_points < 2:
             raise SimCLRError("--synthetic-patients and --n-boot must be >= 0 and --tsne-points >= 2")
+        check_data_settings(self, SimCLRError)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
