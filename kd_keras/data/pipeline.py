@@ -4,7 +4,8 @@
 ``image`` (float32 ``(B, H, W, C)`` in [0, 255]), ``label``, ``labeled`` (1/0 mask), ``index`` (int64 position
 of the example in the records, the key of a teacher-logit cache) and, when asked, ``teacher_logits`` and
 ``view2``. :func:`make_mixed_dataset` pools a labeled set with a chosen fraction of an unlabeled pool (study
-002's 0/25/50/75/100%), the pool's examples carrying ``labeled = 0``.
+002's 0/25/50/75/100%), the pool's examples carrying ``labeled = 0``; :func:`make_two_stream_dataset` gives every
+batch a fixed number of labeled examples and ``mu`` times as many pool examples (FixMatch, MixMatch).
 
 How it streams. Only the records (paths, labels, patients) are in memory. Each epoch is one seeded
 permutation of int64 positions (a single ``(N,)`` tensor, drawn anew per epoch); a parallel map
@@ -99,6 +100,23 @@ def _positions_dataset(positions: np.ndarray, shuffle: bool, seed: int | None, r
         return tf.data.Dataset.from_tensor_slices(tf.random.experimental.stateless_shuffle(table, stateless_seed))
 
     return epoch_seeds.flat_map(permutation)
+
+
+def _augment(dataset, augmenter, view2_augmenter, num_parallel_calls, deterministic) -> tf.data.Dataset:
+    """Each batch's ``image`` through ``augmenter`` and, as ``view2``, through ``view2_augmenter``."""
+    if augmenter is None and view2_augmenter is None:
+        return dataset
+
+    def augment(batch):
+        batch = dict(batch)
+        clean = batch[schema.IMAGE]
+        if view2_augmenter is not None:
+            batch[schema.VIEW2] = view2_augmenter(clean, training=True)
+        if augmenter is not None:
+            batch[schema.IMAGE] = augmenter(clean, training=True)
+        return batch
+
+    return dataset.map(augment, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
 
 
 def _check_teacher_logits(teacher_logits, size: int) -> int:
@@ -228,17 +246,7 @@ def make_dataset(
             dataset = dataset.repeat()
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
 
-    if augmenter is not None or view2_augmenter is not None:
-        def augment(batch):
-            batch = dict(batch)
-            clean = batch[schema.IMAGE]
-            if view2_augmenter is not None:
-                batch[schema.VIEW2] = view2_augmenter(clean, training=True)
-            if augmenter is not None:
-                batch[schema.IMAGE] = augmenter(clean, training=True)
-            return batch
-
-        dataset = dataset.map(augment, num_parallel_calls=num_parallel_calls, deterministic=deterministic)
+    dataset = _augment(dataset, augmenter, view2_augmenter, num_parallel_calls, deterministic)
 
     if teacher_logits is not None:
         def rows(index):
@@ -344,3 +352,81 @@ def make_mixed_dataset(
     positions = np.concatenate([np.arange(len(labeled), dtype=np.int64), len(labeled) + chosen])
     return make_dataset(combined, config, batch_size, indices=positions, seed=seed, teacher_logits=teacher_logits,
                         **kwargs)
+
+
+def two_stream_steps(unlabeled_size: int, labeled_batch_size: int, unlabeled_ratio: int) -> int:
+    """Steps of one epoch of :func:`make_two_stream_dataset`: one pass over the pool,
+    ``ceil(unlabeled_size / (unlabeled_ratio * labeled_batch_size))``.
+
+    Example:
+        >>> two_stream_steps(1000, 32, 7)
+        5
+    """
+    return max(1, -(-int(unlabeled_size) // (int(unlabeled_ratio) * int(labeled_batch_size))))
+
+
+def make_two_stream_dataset(
+    labeled: Records,
+    unlabeled: Records,
+    config: PreprocessConfig,
+    labeled_batch_size: int,
+    unlabeled_ratio: int = 1,
+    *,
+    seed: int | None = 0,
+    augmenter: keras.Layer | None = None,
+    view2_augmenter: keras.Layer | None = None,
+    teacher_logits: np.ndarray | None = None,
+    cache: bool | str | os.PathLike = False,
+    num_parallel_calls: int = AUTOTUNE,
+    deterministic: bool | None = None,
+) -> tf.data.Dataset:
+    """Endless batches of ``labeled_batch_size`` labeled examples followed by ``unlabeled_ratio`` times as many
+    pool examples (FixMatch's ``B`` and ``mu B``, MixMatch's equal batches), each stream shuffled on its own.
+
+    Unlike :func:`make_mixed_dataset`, where the share of labeled examples in a batch is their share of the data
+    (2% labeled: about one labeled image in a batch of 32), every batch here holds exactly ``labeled_batch_size``
+    labeled examples; the labeled set repeats as often as the pool needs. The elements are the schema dicts of
+    :func:`make_dataset` (``labeled`` 1 for the first ``labeled_batch_size`` rows, 0 after), ``index`` in the
+    order of :func:`mixed_records`; the augmenters run on the whole batch. Give ``fit`` a ``steps_per_epoch``
+    (:func:`two_stream_steps`: one pass over the pool).
+
+    Args:
+        labeled: the labeled set.
+        unlabeled: the pool (a labeled source is used without its labels).
+        config: preprocessing.
+        labeled_batch_size: labeled examples per batch (``B``).
+        unlabeled_ratio: pool examples per labeled example in a batch (FixMatch's ``mu`` = 7; MixMatch 1).
+        seed: seeds both shuffles (the pool's with ``seed + 1``); ``None``: random.
+        augmenter, view2_augmenter: see :func:`make_dataset` (FixMatch: weak, strong; MixMatch: two weak ones).
+        teacher_logits: ``(L + U, K)`` array or memmap in the order of :func:`mixed_records`.
+        cache: see :func:`make_dataset` (each stream caches its decoded images).
+        num_parallel_calls, deterministic: see :func:`make_dataset`.
+
+    Example:
+
+    ```python
+    stream = make_two_stream_dataset(labeled, pool, config, 32, unlabeled_ratio=7, seed=0,
+                                     augmenter=weak, view2_augmenter=strong)
+    batch = next(iter(stream))  # 32 + 224 examples; batch["labeled"][:32] are 1, the rest 0
+    ```
+    """
+    if labeled_batch_size < 1 or unlabeled_ratio < 1:
+        raise ValueError(f"labeled_batch_size and unlabeled_ratio must be >= 1, got {labeled_batch_size} and "
+                         f"{unlabeled_ratio}")
+    combined = mixed_records(labeled, unlabeled)
+    common = dict(teacher_logits=teacher_logits, cache=cache, repeat=True, num_parallel_calls=num_parallel_calls,
+                  deterministic=deterministic)
+    first = make_dataset(combined, config, labeled_batch_size, indices=np.arange(len(labeled)), seed=seed,
+                         **common)
+    pool_positions = len(labeled) + np.arange(len(unlabeled))
+    second = make_dataset(combined, config, labeled_batch_size * unlabeled_ratio, indices=pool_positions,
+                          seed=None if seed is None else seed + 1, **common)
+
+    def join(a, b):
+        return {key: tf.concat([a[key], b[key]], 0) for key in a}
+
+    dataset = tf.data.Dataset.zip(first, second).map(join)
+    dataset = _augment(dataset, augmenter, view2_augmenter, num_parallel_calls, deterministic)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options).prefetch(AUTOTUNE)

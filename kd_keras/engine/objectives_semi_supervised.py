@@ -107,6 +107,36 @@ class SimCLR(Objective):
 
 
 _GUESSERS = ("student", "teacher")
+REDUCTIONS = ("batch", "per_stream")
+
+
+def _check_reduction(name: str, reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{name}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def per_stream_weights(labeled: tf.Tensor, ctx) -> tf.Tensor:
+    """Per-example weights that turn the Distiller's ``sum / global batch`` into the papers' ``mean over the
+    labeled examples + mean over the unlabeled ones`` (FixMatch's ``l_s + lambda_u l_u`` with denominators ``B``
+    and ``mu B``; MixMatch's ``L_X + lambda_u L_U``).
+
+    The counts are global (gathered over replicas), so a step weighs the same on 1 or N replicas; a batch without
+    labeled (or unlabeled) examples gives that side weight 0 instead of dividing by zero.
+
+    Args:
+        labeled: ``(batch,)`` 1/0 mask of this replica's examples.
+        ctx: the step's :class:`~kd_keras.engine.step_context.StepContext`.
+
+    Returns:
+        ``(batch,)``: ``N / N_labeled`` for labeled examples, ``N / N_unlabeled`` for the others.
+    """
+    labeled = tf.reshape(tf.cast(labeled, tf.float32), [-1])
+    total = ctx.global_batch_size
+    n_labeled = tf.reduce_sum(ctx.all_gather(labeled))
+    return labeled * tf.math.divide_no_nan(total, n_labeled) + (1.0 - labeled) * tf.math.divide_no_nan(
+        total, total - n_labeled
+    )
 
 
 @register_objective
@@ -122,18 +152,29 @@ class FixMatch(Objective):
         lambda_u: weight of the unlabeled term.
         guess_with: ``"student"`` (FixMatch: the model is its own teacher, no gradient through the guess) or
             ``"teacher"`` (the Distiller's teacher, e.g. its EMA copy of the student: ``ema_decay=0.999``).
+        reduction: ``"batch"``: every example counts once in the batch mean (a batch that mixes labeled and
+            unlabeled examples in the data's proportion); ``"per_stream"``: FixMatch's ``l_s + lambda_u l_u``,
+            the mean over the labeled examples plus ``lambda_u`` times the mean over the unlabeled ones (the
+            paper's separate batches of ``B`` labeled and ``mu B`` unlabeled examples,
+            :func:`kd_keras.data.pipeline.make_two_stream_dataset`).
     """
 
     name = "fixmatch"
     terms = ("hard", "consistency")
 
     def __init__(
-        self, threshold: float = 0.95, lambda_u: float = 1.0, guess_with: str = "student", task: str = "auto"
+        self,
+        threshold: float = 0.95,
+        lambda_u: float = 1.0,
+        guess_with: str = "student",
+        reduction: str = "batch",
+        task: str = "auto",
     ):
         super().__init__(task)
         if guess_with not in _GUESSERS:
             raise ValueError(f"{self.name}: guess_with must be one of {_GUESSERS}, got {guess_with!r}")
         self.threshold, self.lambda_u, self.guess_with = float(threshold), float(lambda_u), guess_with
+        self.reduction = _check_reduction(self.name, reduction)
 
     @property
     def needs_teacher(self):
@@ -153,6 +194,9 @@ class FixMatch(Objective):
         )
         mask = batch_labeled(batch)
         hard = losses.hard_label_cross_entropy(batch_labels(batch), weak, self.task) * mask
+        if self.reduction == "per_stream":
+            weights = per_stream_weights(mask, ctx)
+            loss, hard = loss * weights, hard * weights
         return ObjectiveOutput(loss, weak, {"hard": hard, "consistency": loss - hard})
 
     def get_config(self):
@@ -161,6 +205,7 @@ class FixMatch(Objective):
             "threshold": self.threshold,
             "lambda_u": self.lambda_u,
             "guess_with": self.guess_with,
+            "reduction": self.reduction,
         }
 
 
@@ -185,6 +230,13 @@ class MixMatch(Objective):
         rampup_steps: ``lambda_u`` grows linearly from 0 over this many optimizer steps (0: no ramp-up).
         guess_with: ``"student"`` or ``"teacher"`` (e.g. an EMA teacher).
         seed: seed of the mixing; ``None`` draws one from Python's ``random`` (seeded by ``seed_everything``).
+        reduction: ``"batch"`` (every mixed entry counts once in the batch mean) or ``"per_stream"``
+            (MixMatch's ``L_X + lambda_u L_U``: the mean over the labeled entries plus ``lambda_u`` times the
+            mean over the unlabeled ones, for separate labeled and unlabeled batches; see :class:`FixMatch`).
+
+    Without a ramp-up a large ``lambda_u`` lets the guesses of an untrained model dominate from the first step
+    and the model can collapse to one class (tests/test_semi_supervised_known_outcome.py); MixMatch ramps
+    ``lambda_u`` up over its first 16,000 steps.
     """
 
     name = "mixmatch"
@@ -198,6 +250,7 @@ class MixMatch(Objective):
         rampup_steps: int = 0,
         guess_with: str = "student",
         seed: int | None = None,
+        reduction: str = "batch",
         task: str = "auto",
     ):
         super().__init__(task)
@@ -208,6 +261,7 @@ class MixMatch(Objective):
         self.sharpen_temperature, self.alpha = float(sharpen_temperature), float(alpha)
         self.lambda_u, self.rampup_steps, self.guess_with = float(lambda_u), int(rampup_steps), guess_with
         self.seed = random.randrange(2**31) if seed is None else int(seed)
+        self.reduction = _check_reduction(self.name, reduction)
 
     @property
     def needs_teacher(self):
@@ -262,6 +316,9 @@ class MixMatch(Objective):
             hard_views.append(losses.soft_cross_entropy(mixed_targets, logits) * batch_labeled(batch))
         loss = tf.add_n(per_view) / len(views)
         hard = tf.add_n(hard_views) / len(views)
+        if self.reduction == "per_stream":
+            weights = per_stream_weights(batch_labeled(batch), ctx)
+            loss, hard = loss * weights, hard * weights
         return ObjectiveOutput(loss, clean_logits, {"hard": hard, "consistency": loss - hard})
 
     def get_config(self):
@@ -273,4 +330,5 @@ class MixMatch(Objective):
             "rampup_steps": self.rampup_steps,
             "guess_with": self.guess_with,
             "seed": self.seed,
+            "reduction": self.reduction,
         }

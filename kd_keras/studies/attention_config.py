@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kd_keras.runner import RunError, apply_demo_flags, demo_flags
+from kd_keras.studies.data_checks import KNOWN_ABNORMAL_CLASSES, check_data_settings
 
 if TYPE_CHECKING:
     import keras
@@ -82,6 +83,13 @@ class ATConfig:
             validation (0: Keras' moving averages, as the paper).
         curve_points: validation points per student run (the learning curves: AUC against step).
         split: patient-level train/val/test fractions.
+        duplicate_labels: one image under two classes: ``refuse`` (default), ``keep`` or ``drop`` every copy (a
+            test image that is also a training or validation image is always refused).
+        file_check: how every file is checked before training: ``header`` or ``decode``; bad files are left
+            out and reported (:mod:`kd_keras.studies.data_checks`).
+        abnormal_classes: with ``task: normal_vs_abnormal`` on class folders, the folders counted as abnormal
+            besides NORMAL (any other folder is refused by name).
+        ignored_classes: class folders left out (reported).
         clahe: CLAHE contrast equalisation in preprocessing.
         n_boot: patient-clustered bootstrap replicates of the test CIs (0: none).
         seed: the run's one seed.
@@ -113,6 +121,10 @@ class ATConfig:
     bn_recalibration_batches: int = 5
     curve_points: int = 16
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    duplicate_labels: str = "refuse"
+    file_check: str = "header"
+    abnormal_classes: tuple[str, ...] = KNOWN_ABNORMAL_CLASSES
+    ignored_classes: tuple[str, ...] = ()
     clahe: bool = False
     n_boot: int = 200
     seed: int = 0
@@ -158,6 +170,7 @@ class ATConfig:
         for ok, message in checks:
             if not ok:
                 raise StudyError(message)
+        check_data_settings(self, StudyError)
 
     @property
     def teacher_weights_arg(self) -> str | None:
