@@ -30,6 +30,7 @@ results["data"] = {**summary, **checks.summary()}
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import Counter
@@ -71,13 +72,14 @@ def check_policies(held_out_overlap: str, duplicate_labels: str, file_check: str
 
 def check_data_settings(config: Any, error: type[Exception] = RunError) -> None:
     """The data-check settings of a study's ``config`` checked (one line naming the option) and normalised:
-    ``held_out_overlap``, ``duplicate_labels``, ``file_check``, and where the study has them ``abnormal_classes``
-    and ``ignored_classes`` (tuples; neither may name ``normal_class``, default ``NORMAL``, nor both one class).
+    ``duplicate_labels``, ``file_check``, and where the study has them ``held_out_overlap`` (a study without a
+    pool has none), ``abnormal_classes`` and ``ignored_classes`` (tuples; neither may name ``normal_class``,
+    default ``NORMAL``, nor both one class).
 
     Example:
         >>> check_data_settings(OCTStudyConfig(), StudyError)
     """
-    check_policies(config.held_out_overlap, config.duplicate_labels, config.file_check, error)
+    check_policies(getattr(config, "held_out_overlap", "refuse"), config.duplicate_labels, config.file_check, error)
     normal = getattr(config, "normal_class", "NORMAL")
     named = {}
     for option, field in (("--abnormal-classes", "abnormal_classes"), ("--ignored-classes", "ignored_classes")):
@@ -142,7 +144,7 @@ class DataChecks:
     @classmethod
     def of(cls, config: Any, say: Callable[[str], None] = print, error: type[Exception] = RunError) -> DataChecks:
         """The checks a study's settings ask for (``file_check``, ``held_out_overlap``, ``duplicate_labels``)."""
-        return cls(file_check=config.file_check, held_out_overlap=config.held_out_overlap,
+        return cls(file_check=config.file_check, held_out_overlap=getattr(config, "held_out_overlap", "refuse"),
                    duplicate_labels=config.duplicate_labels, say=say, error=error)
 
     def track(self, records: Records) -> Records:
@@ -196,7 +198,12 @@ class DataChecks:
             records.report.note("ignored_class", os.path.join(where, name),
                                 f"class folder left out (--ignored-classes): {count} images")
             self.checks["ignored_classes"][os.path.join(where, name)] = count
-        return records.subset(~np.isin(records.labels, [names.index(c) for c in ignored]))
+        kept = records.subset(~np.isin(records.labels, [names.index(c) for c in ignored]))
+        # The other classes renumbered: no head output for a class that is gone.
+        kept_names = tuple(c for c in names if c not in ignored)
+        new_index = {names.index(c): i for i, c in enumerate(kept_names)}
+        labels = np.asarray([new_index.get(int(v), -1) for v in kept.labels], np.int64)
+        return dataclasses.replace(kept, labels=labels, class_names=kept_names)
 
     def two_labels(self, records: Records, where: str) -> Records:
         """One image under two classes: refused, kept (noted) or dropped, as ``duplicate_labels`` says."""
@@ -235,7 +242,8 @@ class DataChecks:
         return records
 
     def held_out(self, sets: Mapping[str, Records | None], *, pool: str | None = "pool",
-                 tests: Sequence[str] = (), test_fix: str = _TEST_FIX) -> np.ndarray | None:
+                 tests: Sequence[str] = (), test_fix: str = _TEST_FIX,
+                 pool_option: str = "--unlabeled-dir") -> np.ndarray | None:
         """No held-out image is trained on.
 
         Args:
@@ -244,6 +252,7 @@ class DataChecks:
             pool: the name of the unlabeled pool in ``sets`` (``None``: no pool).
             tests: the names of the test sets; every other name but the pool is a training set.
             test_fix: what the user should do about a test image that is a training image.
+            pool_option: the option that names the pool folder (in the message of a pool left empty).
 
         Returns:
             The rows of the pool to keep (all, or without the shared images with ``held_out_overlap="drop"``);
@@ -285,7 +294,7 @@ class DataChecks:
         keep[rows] = False
         if not keep.any():
             raise self.error(f"unlabeled pool: all {size} images are also labeled, validation or test images "
-                             f"({where}); pass an --unlabeled-dir of other images")
+                             f"({where}); pass a {pool_option} folder of other images")
         report = DataReport()
         for group in shared:
             others = ", ".join(sorted(group.sets() - {pool}))

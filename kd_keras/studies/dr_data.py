@@ -15,16 +15,20 @@ for k, (train, test) in enumerate(data.folds):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kd_keras.data.records import Records
 from kd_keras.studies.dr_config import DRError, DRKDConfig
 
-__all__ = ["DRData", "load_labeled", "prepare_data"]
+if TYPE_CHECKING:
+    from kd_keras.studies.data_checks import DataChecks
+
+__all__ = ["DRData", "check_paths", "load_labeled", "prepare_data"]
 
 
 @dataclass
@@ -36,16 +40,19 @@ class DRData:
         pool: the unlabeled random images.
         pool_dir: the pool's folder.
         folds: ``(train, test)`` per fold that is run (patient-level, the first ``max_folds``).
+        checks: what the checks before training did (:class:`~kd_keras.studies.data_checks.DataChecks`).
     """
 
     labeled: Records
     pool: Records
     pool_dir: Path
     folds: list[tuple[Records, Records]] = field(default_factory=list)
+    checks: DataChecks | None = None
 
     def summary(self) -> dict[str, Any]:
-        return {"labeled": self.labeled.summary(), "pool": {"root": str(self.pool_dir), "images": len(self.pool)},
-                "folds": [{"train": len(train), "test": len(test)} for train, test in self.folds]}
+        out = {"labeled": self.labeled.summary(), "pool": {"root": str(self.pool_dir), "images": len(self.pool)},
+               "folds": [{"train": len(train), "test": len(test)} for train, test in self.folds]}
+        return out | (self.checks.summary() if self.checks is not None else {})
 
 
 def load_labeled(layout: str, path: str, *, image_dir: str | None = None, task: str = "auto") -> Records:
@@ -87,26 +94,82 @@ def _synthetic(config: DRKDConfig, out: Path) -> Records:
     return tasks.apply_task(records, config.task)
 
 
-def prepare_data(config: DRKDConfig, out: Path) -> DRData:
-    """The labeled images, the random-image pool and the folds of ``config``.
+def check_paths(config: DRKDConfig) -> None:
+    """The labeled data and the pool folder of ``config``, checked before anything is written: each exists, and
+    the pool folder neither is, holds nor lies in the labeled data's folder (its images would be distilled on).
 
     Raises:
-        DRError: no ``data`` for a layout on disk, a missing pool folder, too few patients for the folds.
+        DRError: one line naming the option.
+    """
+    from kd_keras.studies.data_checks import nested_folders, refuse_missing_folder
+
+    if config.layout != "synthetic":
+        refuse_missing_folder(config.data, "--data", DRError)
+        refuse_missing_folder(config.image_dir, "--image-dir", DRError)
+    if config.pool is None:
+        return
+    if not Path(config.pool).is_dir():
+        raise DRError(f"--pool {config.pool}: no such folder (a folder of unlabeled random images)")
+    labeled = config.image_dir or config.data
+    if config.layout != "synthetic" and labeled and Path(labeled).is_dir() and config.held_out_overlap == "refuse":
+        how = nested_folders(config.pool, labeled)
+        if how:
+            raise DRError(f"--pool {config.pool} {how} the labeled images' folder {labeled}: the students would "
+                          "distil on labeled and test images; pass a folder of other images, or --held-out-overlap "
+                          "drop to leave the shared images out of the pool")
+
+
+def _checked_labeled(config: DRKDConfig, checks: DataChecks) -> Records:
+    """The labeled source as on disk, checked (class folders, every file, images under two labels), then its
+    task applied."""
+    from kd_keras.data import sources, tasks
+
+    if config.layout not in sources.LAYOUTS:
+        raise DRError(f"--layout {config.layout!r}: not a data layout on disk ({', '.join(sources.LAYOUTS)})")
+    records = checks.track(sources.load_labeled(config.layout, config.data, image_dir=config.image_dir, task=None))
+    where = str(config.data)
+    if config.layout == "folders" and config.task == "normal_vs_abnormal":
+        records = checks.classes(records, where, normal_class="NORMAL", abnormal_classes=config.abnormal_classes,
+                                 ignored_classes=config.ignored_classes)
+    else:
+        records = checks.ignore_classes(records, where, config.ignored_classes)
+    records = checks.two_labels(checks.files(records), where)
+    try:
+        if config.task != "auto":
+            return tasks.apply_task(records, config.task)
+        if config.layout in ("eyepacs", "messidor"):
+            return tasks.dr_grades(records, n_grades=max(int(records.labels.max()) + 1, 2))
+        return records
+    except (KeyError, ValueError) as error:
+        raise DRError(f"--task {config.task}: {str(error).strip(chr(39))}") from None
+
+
+def prepare_data(config: DRKDConfig, out: Path, say: Callable[[str], None] = print) -> DRData:
+    """The labeled images, the random-image pool and the folds of ``config``, checked before any training
+    (:mod:`kd_keras.studies.data_checks`): every labeled and pool file (``file_check``; bad files left out and
+    reported), class folders, images under two labels (``duplicate_labels``), pool images that are also labeled
+    images (``held_out_overlap``).
+
+    Raises:
+        DRError: no ``data`` for a layout on disk, a missing pool folder, too few patients for the folds, and the
+            refusals of the data checks.
         DataError: a folder or sheet without usable images (one line).
     """
     from kd_keras.data import sources
     from kd_keras.data.natural_images import natural_image_pool
     from kd_keras.data.splits import kfold_by_patient
+    from kd_keras.studies.data_checks import DataChecks
 
     out = Path(out)
+    checks = DataChecks.of(config, say, DRError)
     if config.layout == "synthetic":
-        labeled = _synthetic(config, out)
+        labeled = checks.two_labels(checks.files(_synthetic(config, out)), "synthetic fundus")
         pool_size = max(64, config.image_size)
         pool_out = out / "data" / "natural"
     else:
         if not config.data:
             raise DRError(f"--layout {config.layout}: give --data (the labeled images), or run --demo")
-        labeled = load_labeled(config.layout, config.data, image_dir=config.image_dir, task=config.task)
+        labeled = _checked_labeled(config, checks)
         pool_size = config.image_size
         pool_out = out / "data" / f"natural_{config.pool_size}_{config.image_size}"
     try:
@@ -114,6 +177,10 @@ def prepare_data(config: DRKDConfig, out: Path) -> DRData:
                                       image_size=pool_size, seed=config.seed)
     except FileNotFoundError as error:
         raise DRError(f"--pool {config.pool}: {error}") from None
+    pool = checks.files(sources.from_folder(pool_dir))
+    keep = checks.held_out({"pool": pool, "labeled": labeled}, pool_option="--pool")
+    if keep is not None and not keep.all():
+        pool = pool.subset(keep)
     if config.limit and config.limit < len(labeled):
         keep = np.sort(np.random.default_rng(config.seed).choice(len(labeled), config.limit, replace=False))
         labeled = labeled.subset(keep)
@@ -121,4 +188,5 @@ def prepare_data(config: DRKDConfig, out: Path) -> DRData:
         folds = kfold_by_patient(labeled, k=config.folds, seed=config.seed)[: config.fold_count]
     except ValueError as error:
         raise DRError(f"--folds {config.folds}: {error}") from None
-    return DRData(labeled=labeled, pool=sources.from_folder(pool_dir), pool_dir=Path(pool_dir), folds=folds)
+    checks.finish()
+    return DRData(labeled=labeled, pool=pool, pool_dir=Path(pool_dir), folds=folds, checks=checks)

@@ -55,6 +55,7 @@ from typing import Any, ClassVar
 
 from kd_keras.runner import RunContext, Stage, Study, fingerprint_parts
 from kd_keras.studies import dr_report
+from kd_keras.studies.data_checks import data_checks_section
 from kd_keras.studies.dr_config import (
     FLAGS,
     PRESETS,
@@ -64,7 +65,7 @@ from kd_keras.studies.dr_config import (
     DRKDConfig,
     adjust_settings,
 )
-from kd_keras.studies.dr_data import DRData, prepare_data
+from kd_keras.studies.dr_data import DRData, check_paths, prepare_data
 from kd_keras.studies.dr_report import PAPER_ACCURACY, PAPER_AUC, ordering, plot_methods, summarise, table, write_report
 from kd_keras.studies.dr_stages import student_stage, teacher_stage
 
@@ -112,9 +113,10 @@ class DRKDStudy(Study):
                     raise DRError(f"{option} {name!r}: {str(error).strip(chr(39))}") from None
         if config.layout != "synthetic" and not config.data:
             raise DRError("give --data (and --layout), or --demo")
+        check_paths(config)
 
     def prepare(self, ctx: RunContext) -> DRData:
-        data = prepare_data(ctx.config, ctx.out)
+        data = prepare_data(ctx.config, ctx.out, ctx.say)
         ctx.say(f"labeled {len(data.labeled)} ({data.labeled.class_counts()}), pool {len(data.pool)}, "
                 f"{len(data.folds)} of {ctx.config.folds} folds")
         return data
@@ -158,7 +160,8 @@ class DRKDStudy(Study):
 
     def report(self, results: dict[str, Any], out: Path) -> None:
         config = DRKDConfig(**results["config"])
-        (Path(out) / "report.md").write_text(dr_report.write_report(results, config, Path(out)))
+        text = dr_report.write_report(results, config, Path(out)).rstrip("\n")
+        (Path(out) / "report.md").write_text(f"{text}\n\n{data_checks_section(results)}\n")
 
     def summary_lines(self, results: dict[str, Any]) -> list[str]:
         return dr_report.summary_lines(results, DRKDConfig(**results["config"]))
