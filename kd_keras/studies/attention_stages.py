@@ -14,13 +14,16 @@ import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kd_keras.data.records import Records
 from kd_keras.runner import RunContext, Stage
 from kd_keras.studies.attention_config import ATConfig, StudyError, schedule
+
+if TYPE_CHECKING:
+    from kd_keras.studies.data_checks import DataChecks
 
 __all__ = ["ATData", "curves_stage", "demo_records", "evaluation_stage", "load_labeled", "overfitting_delay",
            "prepare_data", "run_key", "student_stages", "teacher_stage"]
@@ -41,14 +44,30 @@ class ATData:
     val: Records
     test: Records
     trains: dict[float, Records] = field(default_factory=dict)
+    checks: DataChecks | None = None
+
+    def check_summary(self) -> dict[str, Any]:
+        """What the checks before training did and every file they left out (``results.json``'s ``data``)."""
+        return self.checks.summary() if self.checks is not None else {}
 
 
-def load_labeled(config: ATConfig) -> Records:
-    """The labeled source of ``config.layout`` at ``config.data``, with ``config.task`` applied."""
+def load_labeled(config: ATConfig, checks: DataChecks | None = None) -> Records:
+    """The labeled source of ``config.layout`` at ``config.data``, with ``config.task`` applied; with ``checks``
+    (:mod:`kd_keras.studies.data_checks`), its class folders, files and labels checked first."""
     from kd_keras.data import sources
+    from kd_keras.studies.data_checks import checked_labeled, labeled_task
 
-    return sources.load_labeled(config.layout, config.data, image_dir=config.image_dir, task=config.task,
-                                uncertain=config.uncertain)
+    if checks is None:
+        return sources.load_labeled(config.layout, config.data, image_dir=config.image_dir, task=config.task,
+                                    uncertain=config.uncertain)
+    records = sources.load_labeled(config.layout, config.data, image_dir=config.image_dir, task=None,
+                                   uncertain=config.uncertain)
+    records = checked_labeled(records, checks, str(config.data), layout=config.layout, task=config.task,
+                              abnormal_classes=config.abnormal_classes, ignored_classes=config.ignored_classes)
+    try:
+        return labeled_task(records, config.layout, config.task)
+    except (KeyError, ValueError) as error:
+        raise StudyError(f"--task {config.task}: {str(error).strip(chr(39))}") from None
 
 
 def demo_records(root: Path, config: ATConfig) -> Records:
@@ -80,11 +99,20 @@ def demo_records(root: Path, config: ATConfig) -> Records:
 def prepare_data(ctx: RunContext) -> ATData:
     """Load (or generate) the records and split them by patient; no training."""
     from kd_keras.data.splits import split_by_patient
+    from kd_keras.studies.data_checks import DataChecks
 
     config: ATConfig = ctx.config
-    records = demo_records(ctx.out / "data", config) if config.demo_patients else load_labeled(config)
+    checks = DataChecks.of(config, ctx.say, StudyError)
+    if config.demo_patients:
+        records = checks.files(demo_records(ctx.out / "data", config))
+    else:
+        records = load_labeled(config, checks)
     parts = split_by_patient(records, fractions=config.split, seed=config.seed)
-    data = ATData(records, parts["train"], parts["val"], parts["test"])
+    # A test image that is also a training or validation image (a copy under another patient id) is refused.
+    checks.held_out({"train": parts["train"], "validation": parts["val"], "test set 'test'": parts["test"]},
+                    pool=None, tests=["test set 'test'"])
+    checks.finish()
+    data = ATData(records, parts["train"], parts["val"], parts["test"], checks=checks)
     for fraction in config.train_fractions:
         data.trains[fraction] = data.train if fraction >= 1.0 else split_by_patient(
             data.train, fractions=(fraction, 1.0 - fraction), names=("keep", "rest"), seed=config.seed)["keep"]

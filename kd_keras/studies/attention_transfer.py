@@ -127,7 +127,7 @@ class AttentionStudy(Study):
             "seed": config.seed,
             "environment": environment(),
             "data": {"records": data.records.summary(), "demo": bool(config.demo_patients),
-                     "demo_task": config.demo_task if config.demo_patients else None},
+                     "demo_task": config.demo_task if config.demo_patients else None, **data.check_summary()},
             "split": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
             "teacher": {"log": teacher["log"], "test": teacher["test"], "path": teacher["path"]},
             "runs": ctx.outputs["evaluation"]["runs"],
@@ -136,7 +136,10 @@ class AttentionStudy(Study):
         }
 
     def report(self, results: dict[str, Any], out: Path) -> None:
-        attention_report.write_report(results, out)
+        from kd_keras.studies.data_checks import data_checks_section
+
+        path = attention_report.write_report(results, out)
+        path.write_text(f"{path.read_text().rstrip()}\n\n{data_checks_section(results)}\n")
 
     def summary_lines(self, results: dict[str, Any]) -> list[str]:
         return attention_report.summary_lines(results)

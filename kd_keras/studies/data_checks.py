@@ -44,8 +44,8 @@ from kd_keras.data.records import Records
 from kd_keras.runner import RunError
 
 __all__ = ["DUPLICATE_LABEL_POLICIES", "FILE_CHECKS", "HELD_OUT_OVERLAP_POLICIES", "KNOWN_ABNORMAL_CLASSES",
-           "DataChecks", "check_data_settings", "check_policies", "data_checks_section", "nested_folders",
-           "refuse_missing_folder", "skipped_files"]
+           "DataChecks", "check_data_settings", "check_policies", "checked_labeled", "data_checks_section",
+           "labeled_task", "nested_folders", "refuse_missing_folder", "skipped_files"]
 
 # Class folders counted as abnormal with no option: OCT2017 (CNV, DME, DRUSEN), the Kermany chest X-rays
 # (PNEUMONIA) and a folder already named for the task. Any other folder is refused by name, never merged silently.
@@ -335,6 +335,37 @@ class DataChecks:
         """``{"checks": ..., "skipped_files": [...]}``: the part of ``results.json``'s ``data`` that
         :func:`data_checks_section` reads."""
         return {"checks": self.checks, "skipped_files": self.skipped_files()}
+
+
+def labeled_task(records: Records, layout: str, task: str) -> Records:
+    """The task ``task`` applied to a labeled source read with ``task=None`` (after its checks), as
+    :func:`kd_keras.data.sources.load_labeled` applies it: ``"auto"`` is DR grades for eyepacs/messidor and the
+    classes as given otherwise.
+
+    Raises:
+        KeyError, ValueError: an unknown task, or one the source cannot have.
+    """
+    from kd_keras.data import tasks
+
+    if task != "auto":
+        return tasks.apply_task(records, task)
+    if layout in ("eyepacs", "messidor"):
+        return tasks.dr_grades(records, n_grades=max(int(records.labels.max()) + 1, 2))
+    return records
+
+
+def checked_labeled(records: Records, checks: DataChecks, where: str, *, layout: str, task: str,
+                    abnormal_classes: Sequence[str], ignored_classes: Sequence[str]) -> Records:
+    """A labeled source read with ``task=None``, checked before its task is applied: class folders (with
+    ``task="normal_vs_abnormal"`` each is NORMAL, one of ``abnormal_classes`` or one of ``ignored_classes``;
+    otherwise the ``ignored_classes`` are left out), every file, images under two labels."""
+    checks.track(records)
+    if layout == "folders" and task == "normal_vs_abnormal":
+        records = checks.classes(records, where, normal_class="NORMAL", abnormal_classes=abnormal_classes,
+                                 ignored_classes=ignored_classes)
+    else:
+        records = checks.ignore_classes(records, where, ignored_classes)
+    return checks.two_labels(checks.files(records), where)
 
 
 def skipped_files(reports: Sequence) -> list[dict[str, str]]:

@@ -122,24 +122,16 @@ def check_paths(config: DRKDConfig) -> None:
 def _checked_labeled(config: DRKDConfig, checks: DataChecks) -> Records:
     """The labeled source as on disk, checked (class folders, every file, images under two labels), then its
     task applied."""
-    from kd_keras.data import sources, tasks
+    from kd_keras.data import sources
+    from kd_keras.studies.data_checks import checked_labeled, labeled_task
 
     if config.layout not in sources.LAYOUTS:
         raise DRError(f"--layout {config.layout!r}: not a data layout on disk ({', '.join(sources.LAYOUTS)})")
-    records = checks.track(sources.load_labeled(config.layout, config.data, image_dir=config.image_dir, task=None))
-    where = str(config.data)
-    if config.layout == "folders" and config.task == "normal_vs_abnormal":
-        records = checks.classes(records, where, normal_class="NORMAL", abnormal_classes=config.abnormal_classes,
-                                 ignored_classes=config.ignored_classes)
-    else:
-        records = checks.ignore_classes(records, where, config.ignored_classes)
-    records = checks.two_labels(checks.files(records), where)
+    records = sources.load_labeled(config.layout, config.data, image_dir=config.image_dir, task=None)
+    records = checked_labeled(records, checks, str(config.data), layout=config.layout, task=config.task,
+                              abnormal_classes=config.abnormal_classes, ignored_classes=config.ignored_classes)
     try:
-        if config.task != "auto":
-            return tasks.apply_task(records, config.task)
-        if config.layout in ("eyepacs", "messidor"):
-            return tasks.dr_grades(records, n_grades=max(int(records.labels.max()) + 1, 2))
-        return records
+        return labeled_task(records, config.layout, config.task)
     except (KeyError, ValueError) as error:
         raise DRError(f"--task {config.task}: {str(error).strip(chr(39))}") from None
 

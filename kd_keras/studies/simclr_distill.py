@@ -137,7 +137,7 @@ class SimCLRStudy(Study):
             "seed": config.seed,
             "environment": environment(),
             "data": {"records": ctx.data.records.summary(), "preset": config.preset,
-                     "synthetic": config.data is None},
+                     "synthetic": config.data is None, **ctx.data.check_summary()},
             "split": ctx.data.split(),
             "stages": stages,
             "pseudo_labels": ctx.outputs["pseudo_labels"],
@@ -160,6 +160,7 @@ STUDY = SimCLRStudy()
 def report_text(results: dict[str, Any]) -> str:
     """``report.md``: AUC [95% CI] of every method on every test set, the pseudo-labels, the t-SNE."""
     from kd_keras.evaluation.report import batch_norm_sentence, format_ci, markdown_table
+    from kd_keras.studies.data_checks import data_checks_section
 
     config = results["config"]
     tests = [t for t in results["split"] if t not in ("labeled", "pool")]
@@ -182,6 +183,8 @@ def report_text(results: dict[str, Any]) -> str:
         f"{100 * pl['agreement_with_hidden_labels']:.1f}%.",
         "",
         "![t-SNE](tsne.png)",
+        "",
+        data_checks_section(results),
     ]
     return "\n".join(lines) + "\n"
 

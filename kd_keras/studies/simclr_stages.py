@@ -15,13 +15,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kd_keras.data.records import Records
 from kd_keras.runner import RunContext
 from kd_keras.studies.simclr_config import SimCLRConfig, SimCLRError
+
+if TYPE_CHECKING:
+    from kd_keras.studies.data_checks import DataChecks
 
 __all__ = ["SimCLRData", "baseline_stage", "evaluation_stage", "load_records", "plot_tsne", "prepare_data",
            "pseudo_label_stage", "simclr_stage", "student_finetune_stage", "student_pseudo_stage",
@@ -41,13 +44,20 @@ class SimCLRData:
     labeled: Records
     pool: Records
     tests: dict[str, Records] = field(default_factory=dict)
+    checks: DataChecks | None = None
+
+    def check_summary(self) -> dict[str, Any]:
+        """What the checks before training did and every file they left out (``results.json``'s ``data``)."""
+        return self.checks.summary() if self.checks is not None else {}
 
     def split(self) -> dict[str, int]:
         """Sizes: ``{"labeled", "pool", <test set>: ...}``."""
         return {"labeled": len(self.labeled), "pool": len(self.pool), **{k: len(v) for k, v in self.tests.items()}}
 
 
-def load_records(layout: str, path: str, image_dir: str | None = None, task: str = "auto") -> Records:
+def load_records(layout: str, path: str, image_dir: str | None = None, task: str = "auto",
+                 checks: DataChecks | None = None, *, abnormal_classes: tuple[str, ...] = (),
+                 ignored_classes: tuple[str, ...] = ()) -> Records:
     """A labeled source as a binary task (DR grades become referable DR).
 
     Args:
@@ -56,6 +66,9 @@ def load_records(layout: str, path: str, image_dir: str | None = None, task: str
         image_dir: where a CSV's images are (default: next to it).
         task: ``"auto"`` (referable DR for eyepacs/messidor, the classes as given otherwise) or a task name of
             :func:`kd_keras.data.tasks.apply_task`.
+        checks: the run's data checks (:mod:`kd_keras.studies.data_checks`), applied before the task: class
+            folders (with ``task="normal_vs_abnormal"``, each NORMAL, one of ``abnormal_classes`` or one of
+            ``ignored_classes``; otherwise ``ignored_classes`` left out), every file, images under two labels.
 
     Example:
         >>> records = load_records("eyepacs", "trainLabels.csv", "train")
@@ -66,6 +79,11 @@ def load_records(layout: str, path: str, image_dir: str | None = None, task: str
         records = sources.load_labeled(layout, path, image_dir=image_dir, task=None)
     except (FileNotFoundError, KeyError, ValueError) as error:
         raise SimCLRError(f"--data {path} ({layout}): {str(error).strip() or type(error).__name__}") from None
+    if checks is not None:
+        from kd_keras.studies.data_checks import checked_labeled
+
+        records = checked_labeled(records, checks, path, layout=layout, task=task,
+                                  abnormal_classes=abnormal_classes, ignored_classes=ignored_classes)
     if task == "auto":
         task = "referable_dr" if layout in ("eyepacs", "messidor") else ""
     try:
@@ -76,7 +94,9 @@ def load_records(layout: str, path: str, image_dir: str | None = None, task: str
     except (KeyError, ValueError) as error:
         raise SimCLRError(f"--data {path}: task {task or 'auto'}: {str(error).strip()}") from None
     if len(records.class_names) != 2:
-        raise SimCLRError(f"--data {path}: study 003 needs a binary task, got classes {list(records.class_names)}")
+        hint = "; leave folders out with --ignored-classes" if layout == "folders" else ""
+        raise SimCLRError(f"--data {path}: study 003 needs a binary task, got classes {list(records.class_names)}"
+                          f"{hint}")
     return records
 
 
@@ -96,7 +116,10 @@ def prepare_data(config: SimCLRConfig, out: Path, say: Callable[[str], None] = p
         >>> data.split()  # {'labeled': 4, 'pool': 12, 'test': 8}
     """
     from kd_keras.data.splits import split_by_patient
+    from kd_keras.studies.data_checks import DataChecks
 
+    checks = DataChecks.of(config, say, SimCLRError)
+    classes = {"abnormal_classes": config.abnormal_classes, "ignored_classes": config.ignored_classes}
     if config.data is None:
         from kd_keras.data import sources, tasks
         from kd_keras.data.synthetic_fundus import SyntheticFundusConfig, generate_synthetic_fundus
@@ -105,19 +128,32 @@ def prepare_data(config: SimCLRConfig, out: Path, say: Callable[[str], None] = p
             patients=config.synthetic_patients, image_size=max(64, config.image_size), seed=config.seed,
             difficulty=config.synthetic_difficulty))
         records = tasks.referable_dr(sources.eyepacs(root / "trainLabels.csv", root / "train"))
+        records = checks.two_labels(checks.files(records), str(root))
     else:
-        records = load_records(config.layout, config.data, config.image_dir, config.task)
+        records = load_records(config.layout, config.data, config.image_dir, config.task, checks, **classes)
     extra = {}
     for spec in config.extra_tests:
         path, _, image_dir = spec.partition(":")
         layout = "folders" if Path(path).is_dir() else "messidor"
-        extra[Path(path).stem] = load_records(layout, path, image_dir or None)
+        name = Path(path).stem
+        if name in extra or name == TEST:  # never replace the held-out test set or another extra one
+            name = f"{Path(path).resolve().parent.name}_{name}"
+        extra[name] = load_records(layout, path, image_dir or None, checks=checks, **classes)
     say(f"{len(records)} images {records.class_counts()}")
     f, lf = config.test_fraction, config.labeled_fraction
     parts = split_by_patient(records, fractions=(1 - f, f), names=("train", "test"), seed=config.seed)
     inner = split_by_patient(parts["train"], fractions=(lf, 1 - lf), names=("labeled", "pool"), seed=config.seed)
     pool = dataclasses.replace(inner["pool"], labeled=np.zeros(len(inner["pool"]), bool))  # labels never used
-    return SimCLRData(records=records, labeled=inner["labeled"], pool=pool, tests={TEST: parts["test"], **extra})
+    tests = {TEST: parts["test"], **extra}
+    # No held-out image is trained on: an extra test image that is a labeled or pool image is refused; a pool
+    # image that is also a test image is refused or dropped (held_out_overlap).
+    keep = checks.held_out({"pool": pool, "labeled": inner["labeled"],
+                            **{f"test set {name!r}": test for name, test in tests.items()}},
+                           tests=[f"test set {name!r}" for name in tests], pool_option="--data")
+    if keep is not None and not keep.all():
+        pool = pool.subset(keep)
+    checks.finish()
+    return SimCLRData(records=records, labeled=inner["labeled"], pool=pool, tests=tests, checks=checks)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
