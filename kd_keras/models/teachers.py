@@ -15,6 +15,8 @@ Which studies use them: VGG16 is study 000's teacher, ResNet50 study 002's (and 
 DenseNet-121 study 004's teacher and large student. Study 003 used a **DenseNet-161**, which Keras does not offer
 (no ``keras.applications.DenseNet161``); ``densenet201`` is the closest DenseNet Keras offers with ImageNet weights
 (DenseNet-161: growth rate 48, ~28.7M parameters; DenseNet-201: growth rate 32, ~20.0M).
+:mod:`kd_keras.models.densenet161` builds DenseNet-161 itself (no ImageNet weights), :mod:`kd_keras.models.inception`
+Inception-V3.
 
 Weights: ``None`` (random), ``"imagenet"`` (Keras' cached notop file, downloaded if missing; offline this is one
 :class:`~kd_keras.models.weights.WeightsUnavailableError` that names the file to provide), the path of a Keras

@@ -48,7 +48,7 @@ class NotopWeights:
     md5: str
 
 
-# File names, URLs and hashes as in keras/src/applications/{vgg16,resnet,densenet}.py (Keras 3.15).
+# File names, URLs and hashes as in keras/src/applications/{vgg16,resnet,densenet,inception_v3}.py (Keras 3.15).
 NOTOP_WEIGHTS: dict[str, NotopWeights] = {
     "vgg16": NotopWeights(
         "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
@@ -74,6 +74,11 @@ NOTOP_WEIGHTS: dict[str, NotopWeights] = {
         "densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5",
         _KERAS_BASE + "densenet/densenet201_weights_tf_dim_ordering_tf_kernels_notop.h5",
         "c13680b51ded0fb44dff2d8f86ac8bb1",
+    ),
+    "inception_v3": NotopWeights(  # keras/src/applications/inception_v3.py
+        "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        _KERAS_BASE + "inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "bcbd6486424b2319ff4ef7d526e38f63",
     ),
 }
 
