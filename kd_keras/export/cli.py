@@ -33,6 +33,14 @@ kd-keras latency resnet50 squeezenet_v1_1 squeezeresnet_v1_1 sqnxt23_w1 mobilene
     mobilenetv2_w1 fdmobilenet_w1 shufflenet_g1_w1 shufflenetv2_w1 --teacher resnet50 \
     --runtimes litert onnxruntime --num-images 128 --threads 2 --repeats 5 --out docs/latency/cpu_224
 ```
+
+Every precision, int8 calibrated on (and every file checked for parity against Keras on) images of a class-folder
+set; ``--profile`` writes the per-operator profile instead (:mod:`kd_keras.export.profile`):
+
+```bash
+kd-keras latency resnet50 fdmobilenet_w1 --precisions fp32 fp16 dynamic int8 --images-dir data/val
+kd-keras latency resnet50 shufflenetv2_w1 --profile --out docs/latency/op_profile
+```
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from kd_keras.export import EXPORT_VARIANTS, ExportParityError, export_model, images_from_folders, load_keras_model
-from kd_keras.export.latency import RUNTIME_SUFFIX, benchmark, markdown_table, write_outputs
+from kd_keras.export.latency import PRECISIONS, RUNTIME_SUFFIX, benchmark, best_table, markdown_table, write_outputs
 
 __all__ = ["export_main", "latency_main"]
 
@@ -142,7 +150,18 @@ def _parse_latency(argv):
     parser.add_argument("--runtimes", nargs="+", choices=sorted(RUNTIME_SUFFIX), default=None,
                         help="default: keras, litert, onnxruntime (+ keras-gpu, onnxruntime-cuda on a GPU)")
     parser.add_argument("--num-images", type=int, default=128, help="images per volume")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per call in every runtime")
+    parser.add_argument("--batch-size", nargs="+", default=["16"],
+                        help="images per call: one number, or RUNTIME=N per runtime (e.g. litert=4 onnxruntime=16)")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32"],
+                        help="precisions of the files timed (int8 needs --images-dir or uses smooth synthetic "
+                             "images for calibration)")
+    parser.add_argument("--images-dir", default=None,
+                        help="class-folder images: int8 calibration (first half) and parity of every file (second)")
+    parser.add_argument("--images-per-class", type=int, default=32, help="images per class folder from --images-dir")
+    parser.add_argument("--no-onnx-optimize", action="store_true",
+                        help="time tf2onnx's graph as is (without kd_keras.export.onnx_optimize)")
+    parser.add_argument("--profile", action="store_true",
+                        help="per-operator profile (ONNX Runtime) and per-segment time (LiteRT) instead of timing")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads per runtime (0: runtime default)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed volumes first")
     parser.add_argument("--repeats", type=int, default=5, help="timed volumes")
@@ -154,22 +173,62 @@ def _parse_latency(argv):
     return parser.parse_args(argv)
 
 
+def _batch_sizes(values: list[str]) -> int | dict[str, int]:
+    if len(values) == 1 and values[0].isdigit():
+        return int(values[0])
+    sizes = {}
+    for value in values:
+        runtime, _, number = value.partition("=")
+        if runtime not in RUNTIME_SUFFIX or not number.isdigit():
+            raise ValueError(f"--batch-size {value}: expected N, or RUNTIME=N with RUNTIME one of "
+                             f"{list(RUNTIME_SUFFIX)}")
+        sizes[runtime] = int(number)
+    return sizes
+
+
+def _latency_images(args) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """(calibration, parity images, parity labels) from --images-dir; smooth synthetic calibration for int8."""
+    shape = (args.image_size, args.image_size, args.channels)
+    if args.images_dir:
+        images, labels, _ = images_from_folders(args.images_dir, shape[:2], shape[2], args.images_per_class)
+        order = np.random.default_rng(0).permutation(len(images))
+        half = len(order) // 2
+        return images[np.sort(order[:half])], images[np.sort(order[half:])], labels[np.sort(order[half:])]
+    if "int8" in args.precisions:
+        from kd_keras.export.latency import smooth_images
+
+        return smooth_images(64, shape), None, None
+    return None, None, None
+
+
 def latency_main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parse_latency(argv)
     teacher = None if args.teacher.lower() == "none" else args.teacher
     load_at_start = os.getloadavg() if hasattr(os, "getloadavg") else None
+    command = "kd-keras latency " + " ".join(shlex.quote(a) for a in argv)
     try:
+        if args.profile:
+            from kd_keras.export.profile import profile_main
+
+            return profile_main(args.targets, teacher, out=args.out, image_size=args.image_size,
+                                channels=args.channels, num_classes=args.num_classes,
+                                batch_size=int(args.batch_size[0]) if args.batch_size[0].isdigit() else 16,
+                                threads=args.threads or None, command=command)
+        calibration, parity_images, parity_labels = _latency_images(args)
         results = benchmark(
-            args.targets, teacher=teacher, runtimes=args.runtimes, num_images=args.num_images,
-            batch_size=args.batch_size, threads=args.threads or None, warmup=args.warmup, repeats=args.repeats,
-            input_shape=(args.image_size, args.image_size, args.channels), num_classes=args.num_classes,
-            work_dir=args.work_dir)
+            args.targets, teacher=teacher, runtimes=args.runtimes, precisions=args.precisions,
+            num_images=args.num_images, batch_size=_batch_sizes(args.batch_size), threads=args.threads or None,
+            warmup=args.warmup, repeats=args.repeats, input_shape=(args.image_size, args.image_size, args.channels),
+            num_classes=args.num_classes, calibration_images=calibration, parity_images=parity_images,
+            parity_labels=parity_labels, onnx_optimize=not args.no_onnx_optimize, work_dir=args.work_dir)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    command = "kd-keras latency " + " ".join(shlex.quote(a) for a in argv)
-    paths = write_outputs(results, args.out, command=command, extra={"load_average_at_start": load_at_start})
+    paths = write_outputs(results, args.out, command=command, extra={"load_average_at_start": load_at_start},
+                          teacher=teacher)
     print(markdown_table(results))
+    print()
+    print(best_table(results, teacher))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 1 if any(r.error for r in results) else 0

@@ -16,6 +16,13 @@ Runtimes:
 - ``"keras-gpu"`` and ``"onnxruntime-cuda"``: the same on a GPU, added by :func:`default_runtimes` when one is
   present.
 
+Precisions (``precisions=``): ``fp32``, ``fp16``, ``dynamic`` and ``int8`` in LiteRT (:mod:`kd_keras.export.tflite`)
+and ONNX Runtime (:mod:`kd_keras.export.onnx_quantize`: dynamic range, static int8 QDQ calibrated on
+``calibration_images``; fp16 only with ``onnxconverter-common`` installed), Keras in fp32 only. With
+``parity_images`` every file is compared with Keras' logits first (:func:`kd_keras.export.parity.measure_parity`,
+the export gates) and the report's headline (:func:`best_files`) is each model in its fastest file that passed,
+against the teacher in its own.
+
 Pixels are uniform random [0, 255] values: the float runtimes do the same arithmetic whatever the pixels are.
 
 Example:
@@ -24,6 +31,7 @@ Example:
 from kd_keras.export.latency import benchmark, write_outputs
 
 results = benchmark(["resnet50", "squeezenet_v1_1"], teacher="resnet50", runtimes=("litert", "onnxruntime"),
+                    precisions=("fp32", "int8"), calibration_images=train[:100], parity_images=val,
                     num_images=128, threads=2, repeats=5)
 write_outputs(results, "docs/latency/cpu_224")   # .json, .md and .png
 ```
@@ -33,21 +41,27 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from kd_keras.export.latency_report import best_files, best_table, conditions, markdown_table, plot, write_outputs
+
+__all__ = ["CPU_RUNTIMES", "PRECISIONS", "RUNTIME_SUFFIX", "LatencyResult", "benchmark", "best_files", "best_table",
+           "conditions", "default_runtimes", "file_precision", "markdown_table", "plot", "run_worker",
+           "smooth_images", "write_outputs"]
+
 CPU_RUNTIMES = ("keras", "litert", "onnxruntime")
 RUNTIME_SUFFIX = {"keras": ".keras", "keras-gpu": ".keras", "litert": ".tflite", "onnxruntime": ".onnx",
                   "onnxruntime-cuda": ".onnx"}
+PRECISIONS = ("fp32", "fp16", "dynamic", "int8")
 
 
 @dataclass
@@ -80,6 +94,10 @@ class LatencyResult:
     macs_ratio: float | None = None
     params_ratio: float | None = None
     error: str | None = None
+    precision: str = "fp32"
+    parity_passed: bool | None = None
+    parity: dict | None = None
+    options: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -150,7 +168,7 @@ def run_worker(spec: dict) -> dict:
         from kd_keras.export.tflite import LiteRTRunner
 
         rss_before = _rss_mb()
-        runner = LiteRTRunner(path, num_threads=threads)
+        runner = LiteRTRunner(path, num_threads=threads, **spec.get("options", {}))
         shape = runner.input_shape
         volume = np.random.default_rng(0).uniform(0, 255, (spec["num_images"], *shape)).astype(np.float32)
         batches = [runner.quantize_input(volume[i : i + batch_size]) for i in range(0, len(volume), batch_size)]
@@ -166,7 +184,7 @@ def run_worker(spec: dict) -> dict:
         if runtime == "onnxruntime-cuda":
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
         rss_before = _rss_mb()
-        runner = OnnxRunner(path, num_threads=threads, providers=providers)
+        runner = OnnxRunner(path, num_threads=threads, providers=providers, **spec.get("options", {}))
         if runtime == "onnxruntime-cuda":
             if runner.providers[0] != "CUDAExecutionProvider":
                 raise RuntimeError(f"{path}: CUDAExecutionProvider did not load (got {runner.providers})")
@@ -190,6 +208,19 @@ def run_worker(spec: dict) -> dict:
 # Orchestration: build/convert files, run one worker per (model, runtime), compute ratios.
 
 
+def smooth_images(count: int, shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """``count`` smooth random images in [0, 255] (low-frequency noise, upsampled): int8 calibration for untrained
+    zoo networks when no real images are given (uniform noise would calibrate ranges no image reaches)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    height, width, channels = shape
+    coarse = rng.uniform(0, 255, (count, max(height // 16, 2), max(width // 16, 2), channels)).astype(np.float32)
+    images = [cv2.resize(image, (width, height), interpolation=cv2.INTER_CUBIC).reshape(height, width, channels)
+              for image in coarse]
+    return np.clip(np.stack(images), 0, 255).astype(np.float32)
+
+
 def default_runtimes() -> tuple[str, ...]:
     """The CPU runtimes, plus ``keras-gpu`` / ``onnxruntime-cuda`` where a GPU and CUDA provider are present."""
     runtimes = list(CPU_RUNTIMES)
@@ -210,9 +241,10 @@ def default_runtimes() -> tuple[str, ...]:
 @dataclass
 class _Target:
     name: str
-    files: dict[str, Path]  # suffix -> file
+    files: dict[tuple[str, str], Path]  # (suffix, precision) -> file
     params: int | None = None
     macs: int | None = None
+    model: object = None  # the Keras model, for parity
 
 
 def _onnx_params(path: Path) -> int:
@@ -222,17 +254,39 @@ def _onnx_params(path: Path) -> int:
     return int(sum(int(np.prod(init.dims)) for init in graph.initializer))
 
 
-def _prepare(target: str, runtimes: Sequence[str], input_shape, num_classes: int, work_dir: Path) -> _Target:
-    """A zoo name or a file path -> the files each runtime needs (converted once, fp32), params and MACs."""
-    suffixes = {RUNTIME_SUFFIX[r] for r in runtimes}
+def file_precision(path: Path) -> str:
+    """A file's precision: its sidecar's ``variant``, else a ``_fp16``/``_dynamic``/``_int8`` name suffix, else fp32."""
+    from kd_keras.export.sidecar import read_sidecar, sidecar_path
+
+    if sidecar_path(path).is_file():
+        variant = read_sidecar(path).get("variant")
+        if variant in PRECISIONS:
+            return variant
+    return next((p for p in PRECISIONS if path.stem.endswith(f"_{p}")), "fp32")
+
+
+def _file_target(path: Path) -> _Target:
+    from kd_keras.export.graph_macs import graph_macs
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    params = _onnx_params(path) if path.suffix == ".onnx" else None
+    try:
+        macs = graph_macs(path)
+    except Exception:  # an unusual graph: no MACs ratio rather than no timing
+        macs = None
+    return _Target(path.stem, {(path.suffix, file_precision(path)): path}, params=params, macs=macs or None)
+
+
+def _prepare(target: str, runtimes: Sequence[str], precisions: Sequence[str], input_shape, num_classes: int,
+             work_dir: Path, calibration_images, onnx_optimize: bool, say) -> _Target:
+    """A zoo name or a file path -> the files each runtime needs in each precision, params and MACs."""
     path = Path(target)
     if path.suffix in (".tflite", ".onnx"):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
-        params = _onnx_params(path) if path.suffix == ".onnx" else None
-        return _Target(path.stem, {path.suffix: path}, params=params)
+        return _file_target(path)
     from kd_keras.export.onnx_format import convert_onnx
-    from kd_keras.export.tflite import convert_tflite
+    from kd_keras.export.onnx_quantize import onnx_fp16_available, quantize_onnx
+    from kd_keras.export.tflite import convert_tflite, saved_model_converter, write_saved_model
 
     if path.suffix == ".keras":
         from kd_keras.export.exporter import load_keras_model
@@ -248,12 +302,49 @@ def _prepare(target: str, runtimes: Sequence[str], input_shape, num_classes: int
         model.save(keras_file)
     from kd_keras.models.profile import count_macs, count_params
 
-    files = {".keras": keras_file}
+    suffixes = {RUNTIME_SUFFIX[r] for r in runtimes}
+    files: dict[tuple[str, str], Path] = {(".keras", "fp32"): keras_file}
     if ".tflite" in suffixes:
-        files[".tflite"] = convert_tflite(model, work_dir / f"{name}_fp32.tflite", "fp32")
+        converter = saved_model_converter(write_saved_model(model, work_dir / f"{name}_saved_model"))
+        for precision in precisions:
+            if precision == "int8" and calibration_images is None:
+                say(f"{name}: no calibration images, int8 TFLite skipped")
+                continue
+            files[(".tflite", precision)] = convert_tflite(model, work_dir / f"{name}_{precision}.tflite", precision,
+                                                           calibration_images, converter=converter)
     if ".onnx" in suffixes:
-        files[".onnx"] = convert_onnx(model, work_dir / f"{name}.onnx")
-    return _Target(name, files, params=count_params(model), macs=count_macs(model))
+        fp32 = convert_onnx(model, work_dir / f"{name}.onnx", optimize=onnx_optimize)
+        for precision in precisions:
+            if precision == "fp32":
+                files[(".onnx", "fp32")] = fp32
+            elif precision == "fp16" and not onnx_fp16_available():
+                say(f"{name}: ONNX fp16 skipped (onnxconverter-common is not installed)")
+            elif precision == "int8" and calibration_images is None:
+                say(f"{name}: no calibration images, int8 ONNX skipped")
+            else:
+                files[(".onnx", precision)] = quantize_onnx(fp32, work_dir / f"{name}_{precision}.onnx", precision,
+                                                            calibration_images)
+    return _Target(name, files, params=count_params(model), macs=count_macs(model), model=model)
+
+
+def _parity(prepared: _Target, parity_images, parity_labels, threshold, batch_size: int, threads) -> dict:
+    """``(suffix, precision) -> ParityReport`` of every converted file against Keras on ``parity_images``."""
+    from kd_keras.export.exporter import keras_logits_in_batches
+    from kd_keras.export.onnx_format import OnnxRunner
+    from kd_keras.export.parity import measure_parity
+    from kd_keras.export.tflite import LiteRTRunner
+
+    keras_logits = keras_logits_in_batches(prepared.model, parity_images, batch_size)
+    reports = {}
+    for (suffix, precision), file in prepared.files.items():
+        if suffix == ".keras":
+            continue
+        runner = LiteRTRunner(file, num_threads=threads) if suffix == ".tflite" else OnnxRunner(file, threads)
+        logits = runner.predict(parity_images, batch_size=batch_size)
+        reports[(suffix, precision)] = measure_parity(
+            keras_logits, logits, variant=precision, runtime="litert" if suffix == ".tflite" else "onnxruntime",
+            labels=parity_labels, threshold=threshold)
+    return reports
 
 
 def _spawn_worker(spec: dict, timeout_s: float) -> dict:
@@ -276,44 +367,65 @@ def benchmark(
     *,
     teacher: str | None = "resnet50",
     runtimes: Sequence[str] | None = None,
+    precisions: Sequence[str] = ("fp32",),
     num_images: int = 128,
-    batch_size: int = 16,
+    batch_size: int | dict[str, int] = 16,
     threads: int | None = 2,
     warmup: int = 1,
     repeats: int = 5,
     input_shape: tuple[int, int, int] = (224, 224, 3),
     num_classes: int = 2,
+    calibration_images: np.ndarray | None = None,
+    parity_images: np.ndarray | None = None,
+    parity_labels: np.ndarray | None = None,
+    threshold: float | None = 0.5,
+    runtime_options: dict[str, dict] | None = None,
+    onnx_optimize: bool = True,
     work_dir: str | os.PathLike | None = None,
     timeout_s: float = 1800,
     progress=print,
 ) -> list[LatencyResult]:
-    """Time a volume of ``num_images`` images through each target in each runtime.
+    """Time a volume of ``num_images`` images through each target in each runtime and precision.
 
     Args:
         targets: zoo names (built untrained at ``input_shape``) or paths to ``.keras``, ``.tflite`` or ``.onnx``
-            files (a file runs in the runtimes that read it; a ``.keras`` file is converted to fp32 for the others).
+            files (a file runs in the runtimes that read it, in its own precision; a ``.keras`` file is converted
+            to every precision for the others).
         teacher: the target speed-ups are measured against (added to ``targets`` if missing); ``None`` for none.
         runtimes: any of ``keras``, ``litert``, ``onnxruntime``, ``keras-gpu``, ``onnxruntime-cuda``
             (default: :func:`default_runtimes`).
+        precisions: any of :data:`PRECISIONS` (Keras runs fp32 only; int8 needs ``calibration_images``).
         num_images: images per volume.
-        batch_size: images per call (Keras ``predict`` batch, LiteRT/ONNX Runtime batch) in every runtime.
+        batch_size: images per call, one number for every runtime or ``{runtime: batch}`` (16 for the others).
         threads: CPU threads per runtime (``None``: each runtime's default).
         warmup: untimed volumes first.
         repeats: timed volumes.
         input_shape: ``(H, W, C)`` for zoo names.
         num_classes: logits of zoo models built here.
+        calibration_images: real training images ``(N, H, W, C)`` in [0, 255] for int8 calibration.
+        parity_images: real images for the parity gate of every converted file (none: parity not checked);
+            ``parity_labels`` and ``threshold`` as in :func:`kd_keras.export.parity.measure_parity`.
+        parity_labels: labels of ``parity_images`` (optional).
+        threshold: decision threshold of a binary model.
+        runtime_options: ``{runtime: keyword arguments of its runner}``, e.g.
+            ``{"onnxruntime": {"graph_optimization_level": "extended"}}``.
+        onnx_optimize: apply :mod:`kd_keras.export.onnx_optimize` to the ONNX files converted here.
         work_dir: where converted files go (default: a temporary folder, removed afterwards).
         timeout_s: limit per worker.
         progress: called with one line per measurement (``None`` for silence).
 
     Returns:
-        One :class:`LatencyResult` per (target, runtime); a failed measurement has ``error`` set.
+        One :class:`LatencyResult` per (target, runtime, precision); a failed measurement has ``error`` set.
     """
     runtimes = tuple(runtimes or default_runtimes())
     unknown = [r for r in runtimes if r not in RUNTIME_SUFFIX]
     if unknown:
         raise ValueError(f"unknown runtimes {unknown}; expected any of {tuple(RUNTIME_SUFFIX)}")
-    if num_images < 1 or batch_size < 1 or repeats < 1 or warmup < 0:
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise ValueError(f"unknown precisions {bad}; expected any of {PRECISIONS}")
+    batches = batch_size if isinstance(batch_size, dict) else dict.fromkeys(runtimes, batch_size)
+    if num_images < 1 or repeats < 1 or warmup < 0 or any(int(b) < 1 for b in batches.values()):
         raise ValueError("num_images, batch_size and repeats must be >= 1 and warmup >= 0")
     targets = list(targets)
     if teacher is not None and teacher not in targets:
@@ -325,155 +437,91 @@ def benchmark(
         results: list[LatencyResult] = []
         for target in targets:
             try:
-                prepared = _prepare(target, runtimes, input_shape, num_classes, work)
+                prepared = _prepare(target, runtimes, precisions, input_shape, num_classes, work,
+                                    calibration_images, onnx_optimize, say)
+                reports = {}
+                if parity_images is not None and prepared.model is not None:
+                    reports = _parity(prepared, parity_images, parity_labels, threshold, 32, threads)
             except Exception as error:  # report and go on with the other targets
                 say(f"{target}: cannot prepare ({error})")
                 for runtime in runtimes:
-                    results.append(LatencyResult(target, runtime, None, tuple(input_shape), num_images, batch_size,
-                                                 threads, warmup, repeats, error=str(error).splitlines()[0]))
+                    results.append(LatencyResult(target, runtime, None, tuple(input_shape), num_images,
+                                                 batches.get(runtime, 16), threads, warmup, repeats,
+                                                 error=str(error).splitlines()[0]))
                 continue
             for runtime in runtimes:
-                file = prepared.files.get(RUNTIME_SUFFIX[runtime])
-                if file is None:
-                    continue  # e.g. a .onnx path in LiteRT
-                result = LatencyResult(prepared.name, runtime, str(file), tuple(input_shape), num_images,
-                                       batch_size, threads, warmup, repeats, params=prepared.params,
-                                       macs=prepared.macs, file_bytes=Path(file).stat().st_size)
-                spec = {"runtime": runtime, "file": str(file), "threads": threads, "batch_size": batch_size,
-                        "num_images": num_images, "warmup": warmup, "repeats": repeats}
-                result.load_1min_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-                try:
-                    measured = _spawn_worker(spec, timeout_s)
-                except (RuntimeError, subprocess.TimeoutExpired) as error:
-                    result.error = str(error).splitlines()[0]
-                    say(f"{prepared.name} [{runtime}]: FAILED {result.error}")
-                    results.append(result)
-                    continue
-                times = np.asarray(measured["times_s"])
-                result.times_s = [float(t) for t in times]
-                result.median_s = float(np.median(times))
-                result.min_s, result.max_s = float(times.min()), float(times.max())
-                result.iqr_s = float(np.subtract(*np.percentile(times, [75, 25])))
-                result.ms_per_image = 1000 * result.median_s / num_images
-                result.input_shape = tuple(measured["input_shape"])
-                result.peak_rss_mb = measured["peak_rss_mb"]
-                result.rss_before_model_mb = measured["rss_before_model_mb"]
-                result.device = measured["device"]
-                results.append(result)
-                say(f"{prepared.name} [{runtime}]: median {result.median_s:.3f} s/volume "
-                    f"(min {result.min_s:.3f}, max {result.max_s:.3f}), peak RSS {result.peak_rss_mb:.0f} MB")
+                for (suffix, precision), file in prepared.files.items():
+                    if suffix != RUNTIME_SUFFIX[runtime] or (suffix == ".keras" and runtime not in ("keras",
+                                                                                                     "keras-gpu")):
+                        continue
+                    results.append(_measure(prepared, runtime, precision, file, reports.get((suffix, precision)),
+                                            batches.get(runtime, 16), threads, warmup, repeats, num_images,
+                                            input_shape, (runtime_options or {}).get(runtime, {}), timeout_s, say))
     _add_ratios(results, teacher)
     return results
 
 
+def _measure(prepared: _Target, runtime: str, precision: str, file: Path, report, batch: int, threads, warmup: int,
+             repeats: int, num_images: int, input_shape, options: dict, timeout_s: float, say) -> LatencyResult:
+    result = LatencyResult(prepared.name, runtime, str(file), tuple(input_shape), num_images, batch, threads, warmup,
+                           repeats, params=prepared.params, macs=prepared.macs, file_bytes=Path(file).stat().st_size,
+                           precision=precision, options=dict(options))
+    if report is not None:
+        result.parity_passed = report.passed
+        result.parity = {"max_relative_diff": report.max_relative_diff,
+                         "decision_agreement": report.decision_agreement, "failures": report.failures}
+    elif Path(file).suffix in (".tflite", ".onnx"):
+        result.parity_passed = _sidecar_parity(Path(file))
+    spec = {"runtime": runtime, "file": str(file), "threads": threads, "batch_size": batch,
+            "num_images": num_images, "warmup": warmup, "repeats": repeats, "options": options}
+    result.load_1min_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    label = f"{prepared.name} [{runtime} {precision}]"
+    try:
+        measured = _spawn_worker(spec, timeout_s)
+    except (RuntimeError, subprocess.TimeoutExpired) as error:
+        result.error = str(error).splitlines()[0]
+        say(f"{label}: FAILED {result.error}")
+        return result
+    times = np.asarray(measured["times_s"])
+    result.times_s = [float(t) for t in times]
+    result.median_s = float(np.median(times))
+    result.min_s, result.max_s = float(times.min()), float(times.max())
+    result.iqr_s = float(np.subtract(*np.percentile(times, [75, 25])))
+    result.ms_per_image = 1000 * result.median_s / num_images
+    result.input_shape = tuple(measured["input_shape"])
+    result.peak_rss_mb = measured["peak_rss_mb"]
+    result.rss_before_model_mb = measured["rss_before_model_mb"]
+    result.device = measured["device"]
+    parity = {True: ", parity passed", False: ", PARITY FAILED", None: ""}[result.parity_passed]
+    say(f"{label}: median {result.median_s:.3f} s/volume (min {result.min_s:.3f}, max {result.max_s:.3f}), "
+        f"peak RSS {result.peak_rss_mb:.0f} MB{parity}")
+    return result
+
+
+def _sidecar_parity(path: Path) -> bool | None:
+    from kd_keras.export.sidecar import read_sidecar, sidecar_path
+
+    if not sidecar_path(path).is_file():
+        return None
+    return (read_sidecar(path).get("parity") or {}).get("passed")
+
+
 def _add_ratios(results: list[LatencyResult], teacher: str | None) -> None:
+    """Speed-up and MACs ratio of each result over the teacher in the same runtime and precision."""
     if teacher is None:
         return
     teacher_name = Path(teacher).stem if Path(teacher).suffix else teacher
-    reference = {r.runtime: r for r in results if r.model == teacher_name and r.median_s}
+    reference = {(r.runtime, r.precision): r for r in results if r.model == teacher_name and r.median_s}
+    teacher_macs = next((r.macs for r in results if r.model == teacher_name and r.macs), None)
+    teacher_params = next((r.params for r in results if r.model == teacher_name and r.params), None)
     for result in results:
-        base = reference.get(result.runtime)
-        if base is None:
-            continue
-        if result.median_s:
+        if result.macs and teacher_macs:
+            result.macs_ratio = teacher_macs / result.macs
+        if result.params and teacher_params:
+            result.params_ratio = teacher_params / result.params
+        base = reference.get((result.runtime, result.precision))
+        if base is not None and result.median_s:
             result.speedup = base.median_s / result.median_s
-        if result.macs and base.macs:
-            result.macs_ratio = base.macs / result.macs
-        if result.params and base.params:
-            result.params_ratio = base.params / result.params
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Outputs: JSON, markdown table, plot.
-
-
-def conditions() -> dict:
-    """The machine and load a benchmark ran under (load average before and after is what says 'quiet')."""
-    from kd_keras.export.sidecar import package_versions
-
-    load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "load_average_1_5_15": load, "python": sys.version.split()[0],
-            "versions": package_versions()}
-
-
-def markdown_table(results: Sequence[LatencyResult]) -> str:
-    """One row per (model, runtime): median s/volume [min-max], ms/image, speed-up, MAC ratio, sizes, memory."""
-    header = ("| model | runtime | median s / volume [min, max] | ms / image | speed-up vs teacher | "
-              "MACs ratio | params | MMACs | file MB | peak RSS MB |")
-    lines = [header, "|" + "---|" * 10]
-
-    def fmt(value, spec):
-        return "-" if value is None else format(value, spec)
-
-    for r in sorted(results, key=lambda r: (r.runtime, -(r.median_s or 0))):
-        timing = (f"{r.median_s:.3f} [{r.min_s:.3f}, {r.max_s:.3f}]" if r.median_s is not None
-                  else f"failed: {r.error}")
-        lines.append(
-            f"| {r.model} | {r.runtime} | {timing} | {fmt(r.ms_per_image, '.2f')} | {fmt(r.speedup, '.2f')} | "
-            f"{fmt(r.macs_ratio, '.2f')} | {fmt(r.params, ',')} | "
-            f"{fmt(None if r.macs is None else r.macs / 1e6, '.0f')} | "
-            f"{fmt(None if r.file_bytes is None else r.file_bytes / 2**20, '.1f')} | {fmt(r.peak_rss_mb, '.0f')} |"
-        )
-    return "\n".join(lines)
-
-
-def plot(results: Sequence[LatencyResult], path: str | os.PathLike, title: str = "") -> Path:
-    """Left: median seconds per volume (bars, min-max whiskers) per runtime; right: speed-up vs MAC ratio."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    timed = [r for r in results if r.median_s is not None]
-    runtimes = sorted({r.runtime for r in timed})
-    models = list(dict.fromkeys(r.model for r in timed))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    width = 0.8 / max(len(runtimes), 1)
-    for k, runtime in enumerate(runtimes):
-        by_model = {r.model: r for r in timed if r.runtime == runtime}
-        xs = [i + k * width for i, m in enumerate(models) if m in by_model]
-        rows = [by_model[m] for m in models if m in by_model]
-        medians = np.array([r.median_s for r in rows])
-        errors = np.array([[r.median_s - r.min_s for r in rows], [r.max_s - r.median_s for r in rows]])
-        left.bar(xs, medians, width, yerr=errors, capsize=2, label=runtime)
-        ratios = [(r.macs_ratio, r.speedup) for r in rows if r.macs_ratio and r.speedup]
-        if ratios:
-            right.scatter(*zip(*ratios, strict=True), label=runtime)
-    left.set_xticks([i + width * (len(runtimes) - 1) / 2 for i in range(len(models))])
-    left.set_xticklabels(models, rotation=60, ha="right", fontsize=8)
-    left.set_ylabel(f"seconds per volume of {timed[0].num_images if timed else '?'} images")
-    left.set_yscale("log")
-    left.legend()
-    limit = max([r.macs_ratio or 1 for r in timed] + [2])
-    right.plot([1, limit], [1, limit], "k--", linewidth=1, label="speed-up = MAC ratio")
-    right.set_xscale("log")
-    right.set_yscale("log")
-    right.set_xlabel("teacher MACs / student MACs")
-    right.set_ylabel("speed-up over the teacher (same runtime)")
-    right.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def write_outputs(results: Sequence[LatencyResult], stem: str | os.PathLike, command: str | None = None,
-                  extra: dict | None = None) -> dict[str, Path]:
-    """Write ``<stem>.json`` (results, conditions, command), ``<stem>.md`` (table) and ``<stem>.png`` (plot)."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    record = {"command": command, "conditions": conditions(), **(extra or {}),
-              "results": [asdict(r) for r in results]}
-    paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "png": stem.with_suffix(".png")}
-    paths["json"].write_text(json.dumps(record, indent=2) + "\n")
-    paths["md"].write_text(markdown_table(results) + "\n")
-    plot(results, paths["png"])
-    return paths
 
 
 def _main(argv: Sequence[str]) -> int:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["aggregate_onnx_events", "op_table", "profile_litert_segments", "profile_onnx", "segment_table"]
+__all__ = ["aggregate_onnx_events", "op_table", "profile_litert_segments", "profile_main", "profile_markdown",
+           "profile_model", "profile_onnx", "segment_table"]
 
 
 def aggregate_onnx_events(events: Iterable[dict], num_batches: int) -> dict:
@@ -207,3 +208,85 @@ def segment_table(profile: dict) -> str:
         lines.append(f"| {row['segment']} | {row['ms']:.2f} | {row['share']:.1%} |")
     lines.append(f"| whole model | {profile['total_ms']:.2f} | 100% |")
     return "\n".join(lines)
+
+
+def _cut_layers(model) -> list[str]:
+    """The input normalisation layer and the zoo's stage taps, in graph order, where the model has them."""
+    names = [layer.name for layer in model.layers]
+    cuts = [n for n in names if n == "normalization"]
+    try:
+        from kd_keras.models.registry import get_spec
+
+        cuts += [t for t in get_spec(model.name).taps if t in names]
+    except (KeyError, ValueError):
+        pass
+    return sorted(cuts, key=names.index)
+
+
+def profile_model(model, work_dir: str | os.PathLike, *, batch_size: int = 16, threads: int | None = 2,
+                  num_batches: int = 6, segments: bool = True) -> dict:
+    """ONNX Runtime per-operator profile of ``model`` exported with and without the exact rewrites of
+    :mod:`kd_keras.export.onnx_optimize`, and its LiteRT per-segment time (cut at :func:`_cut_layers`)."""
+    from kd_keras.export.onnx_format import convert_onnx
+    from kd_keras.models.profile import count_macs
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    record = {"model": model.name, "macs": count_macs(model), "batch_size": batch_size, "threads": threads}
+    for label, optimize in (("onnxruntime_tf2onnx", False), ("onnxruntime", True)):
+        path = convert_onnx(model, work / f"{model.name}_{label}.onnx", optimize=optimize)
+        record[label] = profile_onnx(path, batch_size=batch_size, num_batches=num_batches, threads=threads)
+    if segments:
+        record["litert"] = profile_litert_segments(model, _cut_layers(model), batch_size=batch_size,
+                                                   threads=threads, work_dir=work)
+    return record
+
+
+def profile_main(targets: Sequence[str], teacher: str | None, *, out: str | os.PathLike, image_size: int = 224,
+                 channels: int = 3, num_classes: int = 2, batch_size: int = 16, threads: int | None = 2,
+                 command: str | None = None) -> int:
+    """``kd-keras latency --profile``: :func:`profile_model` of each target; writes ``<out>.json`` and ``<out>.md``."""
+    from kd_keras.export.latency_report import conditions
+
+    names = list(dict.fromkeys([*([teacher] if teacher else []), *targets]))
+    records = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in names:
+            if name.endswith(".keras"):
+                from kd_keras.export.exporter import load_keras_model
+
+                model = load_keras_model(name)
+            else:
+                from kd_keras.models import build_model
+
+                model = build_model(name, input_shape=(image_size, image_size, channels), num_classes=num_classes)
+            records.append(profile_model(model, scratch, batch_size=batch_size, threads=threads))
+            print(f"{model.name}: ONNX Runtime {records[-1]['onnxruntime']['kernel_ms_per_batch']:.1f} ms/batch "
+                  f"(tf2onnx graph {records[-1]['onnxruntime_tf2onnx']['kernel_ms_per_batch']:.1f}), LiteRT "
+                  f"{records[-1]['litert']['total_ms']:.1f} ms/batch", flush=True)
+    stem = Path(out)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for record in records:  # the per-node lists are long: keep the 15 slowest nodes
+        for key in ("onnxruntime", "onnxruntime_tf2onnx"):
+            record[key]["by_node"] = record[key]["by_node"][:15]
+    stem.with_suffix(".json").write_text(json.dumps({"command": command, "conditions": conditions(),
+                                                     "models": records}, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(profile_markdown(records) + "\n")
+    print(profile_markdown(records))
+    return 0
+
+
+def profile_markdown(records: Sequence[dict], top: int = 6) -> str:
+    """Per model: the ONNX Runtime op-type table (rewritten graph, and tf2onnx's) and the LiteRT segment table."""
+    blocks = []
+    for record in records:
+        ort_ms = record["onnxruntime"]["kernel_ms_per_batch"]
+        raw_ms = record["onnxruntime_tf2onnx"]["kernel_ms_per_batch"]
+        blocks += [f"### {record['model']} ({record['macs'] / 1e6:,.0f} M multiply-adds per image; batch "
+                   f"{record['batch_size']}, {record['threads']} threads)", "",
+                   f"ONNX Runtime, rewritten graph ({ort_ms:.1f} ms/batch of kernels; tf2onnx's graph {raw_ms:.1f}):",
+                   "", op_table(record["onnxruntime"], top), "",
+                   "ONNX Runtime, tf2onnx's graph as converted:", "", op_table(record["onnxruntime_tf2onnx"], top), ""]
+        if "litert" in record:
+            blocks += ["LiteRT (XNNPACK), time per segment:", "", segment_table(record["litert"]), ""]
+    return "\n".join(blocks)

@@ -198,19 +198,22 @@ class LiteRTRunner:
     Args:
         path: the ``.tflite`` file.
         num_threads: CPU threads for the interpreter (``None``: LiteRT's default).
+        **interpreter_options: further ``ai_edge_litert.interpreter.Interpreter`` keywords, e.g.
+            ``experimental_default_delegate_latest_features=True`` (XNNPACK's newest features) or
+            ``experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES`` (no XNNPACK).
 
     Example:
         >>> logits = LiteRTRunner("student_fp32.tflite", num_threads=2).predict(images, batch_size=16)
     """
 
-    def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None, **interpreter_options):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such .tflite file")
         try:
-            self.interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads)
+            self.interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads, **interpreter_options)
         except ValueError as error:
             raise ValueError(f"{self.path}: LiteRT cannot load it ({str(error).splitlines()[0]})") from None
         inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
