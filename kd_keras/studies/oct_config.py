@@ -30,10 +30,11 @@ from kd_keras.studies.data_checks import (
 
 __all__ = ["DUPLICATE_LABEL_POLICIES", "FILE_CHECKS", "FLAGS", "HELDOUT_TEST", "HELD_OUT_OVERLAP_POLICIES",
            "KNOWN_ABNORMAL_CLASSES", "METHODS", "OCTStudyConfig", "PAPER_STUDENTS", "PRESETS", "SOFT_TARGET_FORMS",
-           "SYNTHETIC_TEST", "StudyError", "TASKS", "adjust_settings"]
+           "SYNTHETIC_TEST", "StudyError", "TASKS", "TEACHER_PRETRAINING", "adjust_settings"]
 
 METHODS = ("pseudo", "soft", "both")
 TASKS = ("binary", "multiclass")
+TEACHER_PRETRAINING = ("none", "simclr")
 GEOMETRIES = ("resize", "center_crop", "pad")  # kd_keras.data.preprocess.GEOMETRIES (not imported: no cv2 here)
 SOFT_TARGET_FORMS = ("hard_plus_alpha_soft", "convex")
 # Study 002's student families as named in section 2.3 (SqueezeNet, SqueezeResNet, SqueezeNext, MobileNet, Fast
@@ -99,6 +100,12 @@ class OCTStudyConfig(ScaleSettings):
             ``.keras`` teacher used as is (no training).
         students: zoo names; ``student_channels``: 1 (grey B-scans) or 3.
         teacher_dropout: dropout before the teacher's classifier (002: "inverted drop-out").
+        teacher_pretraining: ``"none"`` (the teacher starts from ``teacher_weights``) or ``"simclr"``: before its
+            supervised training, the teacher learns from the labeled and the unlabeled images together (labels
+            unused) with the SimCLR objective of study 003 (two augmented views of each image, NT-Xent at
+            ``simclr_temperature``), ``simclr_epochs`` x ``simclr_steps_per_epoch`` steps of ``simclr_batch_size``
+            at ``simclr_learning_rate`` (Adam); each teacher run then starts from those weights. Offline there
+            are no ImageNet weights: this is the way to a better-than-random start.
 
     Training (teacher_* and student_*): optimizer (``"sgd"`` = momentum 0.9, ``"adam"``), learning-rate grid,
         runs per rate, epochs, batch size, ``*_steps_per_epoch`` (``None``: one pass over the training images,
@@ -147,6 +154,12 @@ class OCTStudyConfig(ScaleSettings):
     teacher_weights: str = "none"
     teacher_dropout: float = 0.2
     teacher_options: dict = field(default_factory=dict)
+    teacher_pretraining: str = "none"
+    simclr_epochs: int = 10
+    simclr_steps_per_epoch: int | None = 20
+    simclr_batch_size: int = 64
+    simclr_learning_rate: float = 1e-3
+    simclr_temperature: float = 0.1
     teacher_optimizer: str = "adam"
     teacher_learning_rates: tuple[float, ...] = (1e-3,)
     teacher_runs: int = 1
@@ -198,6 +211,19 @@ class OCTStudyConfig(ScaleSettings):
             raise StudyError(f"soft_target_form must be one of {SOFT_TARGET_FORMS}, got {self.soft_target_form!r}")
         if self.bn_recalibration_batches < 0:
             raise StudyError(f"bn_recalibration_batches must be >= 0, got {self.bn_recalibration_batches}")
+        if self.teacher_pretraining not in TEACHER_PRETRAINING:
+            raise StudyError(f"--teacher-pretraining must be one of {', '.join(TEACHER_PRETRAINING)}, "
+                             f"got {self.teacher_pretraining!r}")
+        if self.teacher_pretraining == "simclr" and self.teacher_weights.endswith(".keras"):
+            raise StudyError("--teacher-pretraining simclr: the teacher is loaded from a .keras file and not "
+                             "trained; pass --teacher-weights none (or a weights file) to pretrain it")
+        for option, value in (("simclr_epochs", self.simclr_epochs), ("simclr_batch_size", self.simclr_batch_size)):
+            if value < 1:
+                raise StudyError(f"--{option.replace('_', '-')} must be >= 1, got {value}")
+        if self.simclr_steps_per_epoch is not None and self.simclr_steps_per_epoch < 1:
+            raise StudyError(f"--simclr-steps-per-epoch must be >= 1, got {self.simclr_steps_per_epoch}")
+        if not (self.simclr_learning_rate > 0 and self.simclr_temperature > 0):
+            raise StudyError("--simclr-learning-rate and --simclr-temperature must be > 0")
         if self.task not in TASKS:
             raise StudyError(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.geometry not in GEOMETRIES:

@@ -355,6 +355,13 @@ def write_report(results: dict, out_dir: Path, roc_data: dict | None = None) -> 
         + ", ".join(f"`{s}`" for s in results["students"]) + f"; best epoch chosen by validation {cfg['monitor']}.",
         batch_norm_sentence(cfg["bn_recalibration_batches"]),
     ]
+    pretraining = results["teacher"].get("pretraining")
+    if pretraining:
+        lines.append(f"The teacher was pretrained with SimCLR on {pretraining['images']} labeled and unlabeled "
+                     f"images (labels unused; {pretraining['epochs']} epochs x {pretraining['steps_per_epoch']} "
+                     f"steps, {pretraining['seconds']:.0f} s) before its supervised training.")
+    if cfg.get("geometry", "resize") != "resize":
+        lines.append(f"B-scan geometry: `{cfg['geometry']}` (recorded in the exported files' sidecars).")
     if cfg.get("task", "binary") == "multiclass":
         point = ("Multi-class (" + ", ".join(d["class_names"]) + "): AUC is the macro one-vs-rest AUC, "
                  "sensitivity and specificity the macro means of the per-class rates below (the most probable "

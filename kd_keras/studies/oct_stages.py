@@ -18,7 +18,7 @@ import numpy as np
 from kd_keras.runner import RunContext
 from kd_keras.studies.oct_config import OCTStudyConfig, StudyError
 
-__all__ = ["evaluation_stage", "pseudo_label_stage", "student_stage", "teacher_stage"]
+__all__ = ["evaluation_stage", "pseudo_label_stage", "student_stage", "teacher_pretraining_stage", "teacher_stage"]
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -122,6 +122,61 @@ def _grid_summary(grid) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ teacher
 
 
+def _teacher_shape(config: OCTStudyConfig) -> tuple[int, int, int]:
+    from kd_keras.models import get_spec
+
+    try:
+        spec = get_spec(config.teacher)
+    except (KeyError, ValueError) as error:
+        raise StudyError(f"--teacher {config.teacher!r}: {error}") from None
+    return (config.image_size, config.image_size, 3 if spec.role == "teacher" else config.student_channels)
+
+
+def teacher_pretraining_stage(ctx: RunContext) -> dict[str, Any]:
+    """SimCLR on the labeled and unlabeled images together (labels unused), from ``teacher_weights``: the
+    weights every supervised teacher run then starts from (``teacher_pretraining: simclr``)."""
+    import keras
+
+    from kd_keras.data import pipeline
+    from kd_keras.data.augment import build_simclr_augmenter
+    from kd_keras.data.preprocess import PreprocessConfig
+    from kd_keras.engine.training import train
+    from kd_keras.models import build_model
+
+    config, data = ctx.config, ctx.data
+    shape = _teacher_shape(config)
+    start = time.perf_counter()
+    seed_once(ctx)
+    pre = PreprocessConfig(shape[:2], channels=shape[2], geometry=config.geometry)
+    everything = pipeline.mixed_records(data.train, data.pool)
+    cache = _cache_images(len(everything), pre)
+    steps = _steps(len(everything), config.simclr_batch_size, config.simclr_steps_per_epoch)
+
+    def view(offset: int):
+        return build_simclr_augmenter(channels=shape[2], image_size=shape[0], seed=config.seed + offset)
+
+    def make_stream():
+        return pipeline.make_dataset(everything, pre, config.simclr_batch_size, repeat=True, seed=config.seed,
+                                     augmenter=view(1), view2_augmenter=view(2), cache=cache)
+
+    ctx.say(f"teacher pretraining: SimCLR on {len(everything)} labeled + unlabeled images (labels unused), "
+            f"{config.simclr_epochs} epochs x {steps} steps, lr {config.simclr_learning_rate:g}")
+    init = None if config.teacher_weights == "none" else config.teacher_weights
+    model = build_model(config.teacher, shape, len(data.class_names), weights=init, dropout=config.teacher_dropout,
+                        **config.teacher_options)
+    result = train(model, make_stream, epochs=config.simclr_epochs, steps_per_epoch=steps,
+                   learning_rate=config.simclr_learning_rate, objective={"name": "simclr",
+                                                                         "temperature": config.simclr_temperature},
+                   directory=ctx.run_dir("teacher_pretraining"), metrics=None,
+                   bn_batches=config.bn_recalibration_batches,
+                   callbacks=[progress_callback(steps * config.simclr_epochs, "teacher SimCLR", ctx.progress)])
+    path = ctx.path("models", "teacher", "simclr_pretrained.weights.h5")
+    result.model.save_weights(path)
+    keras.backend.clear_session(free_memory=True)
+    return {"path": str(path), "images": len(everything), "epochs": config.simclr_epochs, "steps_per_epoch": steps,
+            "loss": [float(v) for v in result.losses], "seconds": round(time.perf_counter() - start, 2)}
+
+
 def teacher_stage(ctx: RunContext) -> dict[str, Any]:
     """Train the teacher over its learning-rate grid (or load a finished ``.keras`` teacher); save it."""
     import keras
@@ -155,10 +210,14 @@ def teacher_stage(ctx: RunContext) -> dict[str, Any]:
         shape = (*size, 3 if spec.role == "teacher" else config.student_channels)
         init = None if weights == "none" else weights
 
+        pretrained = ctx.outputs.get("teacher_pretraining", {}).get("path")
+
         def build():
-            return build_model(config.teacher, shape, len(data.class_names), weights=init,
-                               dropout=config.teacher_dropout,
-                               **config.teacher_options)
+            model = build_model(config.teacher, shape, len(data.class_names), weights=init,
+                                dropout=config.teacher_dropout, **config.teacher_options)
+            if pretrained:  # the SimCLR weights of teacher_pretraining_stage, head included (relearned fast)
+                model.load_weights(pretrained)
+            return model
 
         build()  # a missing ImageNet file fails now, before any training
         seed_once(ctx)

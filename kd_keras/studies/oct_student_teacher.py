@@ -71,7 +71,13 @@ from kd_keras.studies.oct_config import (
 )
 from kd_keras.studies.oct_data import StudyData, check_folders, prepare_data
 from kd_keras.studies.oct_deploy import export_stage, latency_stage
-from kd_keras.studies.oct_stages import evaluation_stage, pseudo_label_stage, student_stage, teacher_stage
+from kd_keras.studies.oct_stages import (
+    evaluation_stage,
+    pseudo_label_stage,
+    student_stage,
+    teacher_pretraining_stage,
+    teacher_stage,
+)
 
 __all__ = ["HELDOUT_TEST", "METHODS", "PRESETS", "STUDY", "SYNTHETIC_TEST", "OCTStudy", "OCTStudyConfig",
            "StudyData", "StudyError", "prepare_data", "run_study", "summary_lines"]
@@ -131,7 +137,9 @@ class OCTStudy(Study):
         # Each student run records its test AUC too, so a changed test set is read from the students on.
         students = [Stage(f"student-{name}", lambda ctx, name=name: student_stage(ctx, name),
                           ("train", "validation", "pool", *tests)) for name in ctx.config.students]
-        return [Stage("teacher", teacher_stage, ("train", "validation")),
+        pretraining = [Stage("teacher_pretraining", teacher_pretraining_stage, ("train", "pool"))] if (
+            ctx.config.teacher_pretraining == "simclr") else []
+        return [*pretraining, Stage("teacher", teacher_stage, ("train", "validation")),
                 Stage("pseudo_labels", pseudo_label_stage, ("train", "pool")), *students,
                 Stage("evaluation", evaluation_stage), Stage("export", export_stage, ("train", "validation")),
                 Stage("latency", latency_stage, ())]
@@ -194,7 +202,8 @@ def _results(ctx: RunContext) -> dict[str, Any]:
         "seed": config.seed,
         "environment": environment(),
         "data": ctx.data.summary(),
-        "teacher": {**ctx.outputs["teacher"], "eval": evaluation["teacher"]},
+        "teacher": {**ctx.outputs["teacher"], "eval": evaluation["teacher"],
+                    "pretraining": ctx.outputs.get("teacher_pretraining")},
         "pseudo_labels": ctx.outputs["pseudo_labels"],
         "students": out_students,
         "latency": ctx.outputs["latency"],
