@@ -41,12 +41,13 @@ COMMANDS = {
 }
 
 
-def quiet_tensorflow_start() -> None:
+def quiet_tensorflow_start(first_op: bool = True) -> None:
     """Import TensorFlow with its C++ start-up notes (oneDNN, absl) kept off the terminal.
 
     TensorFlow 2.21 prints them on file descriptor 2 whatever ``TF_CPP_MIN_LOG_LEVEL`` says, so a refused run
     would show four lines of noise above its one-line error. Python's own errors are unaffected: the descriptor
-    is restored before anything is raised.
+    is restored before anything is raised. ``first_op=False`` (``kd-keras run``) leaves the runtime unstarted,
+    so a run can still split the CPU into logical devices and join a multi-worker cluster.
     """
     if "tensorflow" in sys.modules:
         return
@@ -55,7 +56,8 @@ def quiet_tensorflow_start() -> None:
         os.dup2(null, 2)
         import tensorflow as tf
 
-        tf.constant(0.0) + 1.0  # the second batch of notes comes with the first op
+        if first_op:
+            tf.constant(0.0) + 1.0  # the second batch of notes comes with the first op
         tf.get_logger().setLevel("ERROR")  # Keras' retracing notes when many models are evaluated in turn
     finally:
         os.dup2(saved, 2)
@@ -253,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     # predict runs with the edge runtime alone (no TensorFlow installed): it must not import TensorFlow here.
     if command in COMMANDS and command != "predict" and not {"-h", "--help"} & set(rest):
-        quiet_tensorflow_start()
+        quiet_tensorflow_start(first_op=command != "run")
     if command == "run":
         from kd_keras.studies import STUDIES
 

@@ -37,18 +37,47 @@ import re
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pydantic
 import yaml
 
-__all__ = ["ConfigError", "config_to_dict", "field_help", "read_config_file", "resolve_config", "write_config"]
+__all__ = ["ConfigError", "ScaleSettings", "config_to_dict", "field_help", "read_config_file", "resolve_config",
+           "write_config"]
 
 _HEADER = "# kd-keras settings of one run; `kd-keras run {study} --config {path}` replays it.\n"
 
 
 class ConfigError(ValueError):
     """A setting that cannot be used; ``str(error)`` is one line that names it."""
+
+
+@dataclasses.dataclass(kw_only=True)
+class ScaleSettings:
+    """Where and how a run computes: settings every study inherits (``kd-keras run <study> --strategy mirrored``).
+
+    The runner (:func:`kd_keras.runner.run_study`) enters the strategy's scope and sets the Keras mixed-precision
+    policy for the whole run, so model building, training, pseudo-labelling and evaluation all use them
+    (:func:`kd_keras.engine.distribute.run_scope`). Batch sizes are global batches (split over the replicas);
+    learning rates are not scaled and the steps per epoch come from the global batch (``docs/scale.md``).
+
+    Scale:
+        strategy: ``auto`` (the workers of ``TF_CONFIG``, else all visible GPUs when there are two or more, else
+            one device), ``default`` (one device), ``mirrored`` (all local GPUs; without GPU, the logical CPU
+            devices of ``logical_cpu_devices``) or ``multiworker`` (``MultiWorkerMirroredStrategy`` over the
+            workers of ``TF_CONFIG``: ``scripts/launch_workers.py``).
+        precision: ``float32``, ``mixed_float16`` (GPU only; the loss is scaled) or ``mixed_bfloat16`` (CPU and
+            recent GPUs); weights, losses and the student's logits stay float32, exports are float32.
+        jit_compile: XLA compilation of the training step (off by default: it made CPU training 7x slower here).
+        logical_cpu_devices: split the CPU into this many devices before TensorFlow starts (replicas of
+            ``mirrored`` on a machine without GPU); 0: 2 when ``strategy`` is ``mirrored`` and there is no GPU,
+            else none.
+    """
+
+    strategy: Literal["auto", "default", "mirrored", "multiworker"] = "auto"
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    jit_compile: bool = False
+    logical_cpu_devices: int = 0
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -224,7 +253,9 @@ def field_help(cls: type) -> dict[str, str]:
     helps: dict[str, str] = {}
     names = {f.name for f in dataclasses.fields(cls)}
     current: list[str] = []
-    for line in (cls.__doc__ or "").splitlines():
+    # Inherited settings (e.g. ScaleSettings) are described in their own class's docstring.
+    docs = "\n".join(klass.__doc__ or "" for klass in reversed(cls.__mro__) if dataclasses.is_dataclass(klass))
+    for line in docs.splitlines():
         match = re.match(r"^\s+([a-z_][\w]*(?:\s*(?:,|and)\s*[a-z_][\w]*)*)\s*:\s+(.*)$", line)
         if match and all(n.strip() in names for n in re.split(r",|\band\b", match.group(1))):
             current = [n.strip() for n in re.split(r",|\band\b", match.group(1))]

@@ -40,6 +40,7 @@ results = run_study(Tiny(), TinyConfig(), "runs/tiny", resume=True)
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -289,6 +290,7 @@ class RunContext:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    strategy: Any = None  # the tf.distribute strategy the run is in (its scope entered), or None
 
     def stage(self, name: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """``run()`` once: its recorded result when stage ``name`` finished earlier, else run and record it."""
@@ -437,14 +439,49 @@ def run_study(
     """
     out = Path(out)
     study.check(config)
+    scale = _scale_of(config)
+    if scale is not None:
+        from kd_keras.engine.distribute import ScaleError, check_scale
+
+        try:
+            check_scale(scale["strategy"], scale["precision"], scale["logical_cpu_devices"])
+        except ScaleError as error:
+            raise RunError(str(error)) from None
     settings = config_to_dict(config)
     store = StageStore(out, settings, resume=resume, overwrite=overwrite)
     if store.moved_to is not None:
         say(f"moved the earlier run in {out} aside to {store.moved_to}")
     write_config(out / "config.yaml", config, study.name)
+    with contextlib.ExitStack() as scope:
+        strategy = None
+        if scale is not None:
+            from kd_keras.engine.distribute import ScaleError, run_scope
+
+            try:
+                strategy = scope.enter_context(run_scope(**scale))
+            except ScaleError as error:
+                raise RunError(str(error)) from None
+            if strategy.num_replicas_in_sync > 1 or scale["precision"] != "float32":
+                say(f"strategy: {type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas; "
+                    f"precision: {scale['precision']}")
+        ctx = RunContext(config=config, out=out, store=store, say=say, progress=progress, strategy=strategy)
+        return _run_stages(study, ctx, resume, command)
+
+
+def _scale_of(config: Any) -> dict[str, Any] | None:
+    """The :class:`~kd_keras.config.ScaleSettings` of ``config`` as ``run_scope`` arguments (``None``: a
+    settings class without them)."""
+    names = ("strategy", "precision", "jit_compile", "logical_cpu_devices")
+    if not all(hasattr(config, name) for name in names):
+        return None
+    return {name: getattr(config, name) for name in names}
+
+
+def _run_stages(study: Study, ctx: RunContext, resume: bool, command: Sequence[str] | None) -> dict[str, Any]:
+    config, out, store, say = ctx.config, ctx.out, ctx.store, ctx.say
+    settings = config_to_dict(config)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     start = time.perf_counter()
-    ctx = RunContext(config=config, out=out, store=store, say=say, progress=progress)
     t = time.perf_counter()
     ctx.data = study.prepare(ctx)
     ctx.timing["data"] = round(time.perf_counter() - t, 2)
@@ -484,6 +521,7 @@ def run_study(
         "started": started,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "resumed_stages": list(store.skipped),
+        "replicas": ctx.strategy.num_replicas_in_sync if ctx.strategy is not None else 1,
         "config_file": str(out / "config.yaml"),
     }
     _write_json(out / "results.json", results)

@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from kd_keras.data import schema
 from kd_keras.engine import losses
+from kd_keras.engine.distribute import default_jit_compile
 from kd_keras.engine.objectives import Objective, ObjectiveOutput, get_objective
 from kd_keras.engine.step_context import StepContext, teacher_tap_key
 from kd_keras.models.registry import with_taps
@@ -119,7 +120,7 @@ class Distiller(keras.Model):
         optimizer: Any = "adam",
         metrics: list | None = None,
         objective: str | dict | Objective = "hard_label",
-        jit_compile: bool | str = False,
+        jit_compile: bool | str | None = None,
         **kwargs: Any,
     ) -> None:
         """Configure training.
@@ -129,8 +130,9 @@ class Distiller(keras.Model):
             metrics: metrics of the student's logits against ``label`` on labeled examples.
             objective: an objective name, ``{"name": ..., **config}`` dict or
                 :class:`~kd_keras.engine.objectives.Objective` (see :func:`get_objective`).
-            jit_compile: XLA compilation of the step (off by default: collectives on CPU and deterministic
-                ops do not combine with XLA).
+            jit_compile: XLA compilation of the step; ``None``: the run's ``jit_compile`` setting
+                (:func:`~kd_keras.engine.distribute.run_scope`; off by default: collectives on CPU and
+                deterministic ops do not combine with XLA, and it made CPU training 7x slower here).
             **kwargs: passed to ``keras.Model.compile`` (no ``loss``: the objective is the loss).
         """
         if "loss" in kwargs:
@@ -153,6 +155,10 @@ class Distiller(keras.Model):
             self.term_trackers = [_Tracker(name=n) for n in self._term_names]
         # As weighted metrics, so the labeled mask (sample weight) keeps unlabeled examples out of them.
         weighted = [*(metrics or []), *(kwargs.pop("weighted_metrics", None) or [])]
+        if jit_compile is None:
+            jit_compile = default_jit_compile()
+        # Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer (auto_scale_loss); train_step
+        # scales the loss with optimizer.scale_loss and apply_gradients unscales and skips non-finite steps.
         super().compile(
             optimizer=optimizer, weighted_metrics=weighted or None, jit_compile=jit_compile, **kwargs
         )
@@ -193,7 +199,7 @@ class Distiller(keras.Model):
         """The student's logits (``inputs`` is an image tensor or a batch dict)."""
         if isinstance(inputs, dict):
             inputs = inputs[schema.IMAGE]
-        return self._student(inputs, training=training)
+        return tf.cast(self._student(inputs, training=training), tf.float32)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         # Keras builds metrics from a symbolic batch with y=None: labels and mask live inside the dict.
@@ -292,7 +298,7 @@ class Distiller(keras.Model):
 
     def test_step(self, data):
         batch = self._standardize(data)
-        logits = self._student(batch[schema.IMAGE], training=False)
+        logits = tf.cast(self._student(batch[schema.IMAGE], training=False), tf.float32)
         task = self.objective.task if self.objective is not None else "auto"
         ce = losses.hard_label_cross_entropy(batch[schema.LABEL], logits, task)
         self.loss_tracker.update_state(ce, sample_weight=batch[schema.LABELED])

@@ -37,6 +37,7 @@ from kd_keras.data.preprocess import PreprocessConfig
 from kd_keras.data.records import Records
 from kd_keras.data.tasks import HeadSpec, evaluation_task
 from kd_keras.engine.distiller import Distiller
+from kd_keras.engine.distribute import predict_on_batch
 from kd_keras.evaluation.metrics import accuracy, binary_auc, probabilities_from_logits, roc_auc
 from kd_keras.evaluation.summary import evaluate_predictions
 
@@ -160,7 +161,7 @@ def predict(
         n = int(images.shape[0])
         # A stream batch larger than batch_size is split, so memory stays bounded whatever the stream does.
         for first in range(0, n, batch_size):
-            logits.append(np.asarray(net.predict_on_batch(images[first : first + batch_size]), np.float32))
+            logits.append(predict_on_batch(net, images[first : first + batch_size]))
         labels.append(np.asarray(batch[schema.LABEL]) if schema.LABEL in batch else np.zeros(n, np.int32))
         indices.append(np.asarray(batch[schema.INDEX], np.int64) if schema.INDEX in batch else np.full(n, -1))
         labeled.append(np.asarray(batch[schema.LABELED]) > 0 if schema.LABELED in batch else np.ones(n, bool))

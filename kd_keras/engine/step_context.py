@@ -35,6 +35,12 @@ def teacher_tap_key(tap: str) -> str:
     return f"{schema.TEACHER_TAP_PREFIX}{tap}"
 
 
+def _float32(value: tf.Tensor) -> tf.Tensor:
+    """Model outputs in float32: under a mixed-precision policy the layers compute in float16 / bfloat16, but
+    softmax, temperature, KL and every loss are computed in float32 (the cast is differentiable)."""
+    return tf.cast(value, tf.float32) if value.dtype != tf.float32 else value
+
+
 class StepHost(Protocol):
     """What :class:`StepContext` reads from the model running the step (the Distiller provides all of it)."""
 
@@ -96,9 +102,9 @@ class StepContext:
         """Student logits, or ``(logits, [tap outputs])`` when ``taps`` are given."""
         training = self.training if training is None else training
         if not taps:
-            return self._distiller.student(images, training=training)
+            return _float32(self._distiller.student(images, training=training))
         outputs = self._distiller._tap_model("student", tuple(taps))(images, training=training)
-        return outputs[0], list(outputs[1:])
+        return _float32(outputs[0]), [_float32(o) for o in outputs[1:]]
 
     def teacher(self, images: tf.Tensor, taps: tuple[str, ...] = ()):
         """Teacher logits (or ``(logits, [taps])``) in inference mode, without gradient."""
@@ -109,9 +115,9 @@ class StepContext:
                 f"(and the batch has no cached {schema.TEACHER_LOGITS!r})"
             )
         if not taps:
-            return tf.stop_gradient(teacher(images, training=False))
+            return tf.stop_gradient(_float32(teacher(images, training=False)))
         outputs = self._distiller._tap_model("teacher", tuple(taps))(images, training=False)
-        outputs = [tf.stop_gradient(o) for o in outputs]
+        outputs = [tf.stop_gradient(_float32(o)) for o in outputs]
         return outputs[0], outputs[1:]
 
     def teacher_logits(self) -> tf.Tensor:

@@ -166,6 +166,9 @@ def export_model(
         source_path = Path(model)
         model = load_keras_model(source_path)
         stem = stem or source_path.stem
+    from kd_keras.engine.distribute import float32_model
+
+    model = float32_model(model)  # a mixed-precision student exports as float32 (its weights are float32)
     input_shape = model_input_shape(model)
     images = as_image_batch(parity_images, input_shape, "parity_images")
     if "tflite_int8" in variants and representative_images is None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kd_keras.config import ScaleSettings
 from kd_keras.runner import RunError, apply_demo_flags, demo_flags
 from kd_keras.studies.data_checks import KNOWN_ABNORMAL_CLASSES, check_data_settings
 
@@ -49,7 +50,7 @@ class StudyError(RunError):
 
 
 @dataclass
-class ATConfig:
+class ATConfig(ScaleSettings):
     """Everything a run of study 004 depends on (recorded in ``config.yaml``; ``--resume`` refuses another one).
 
     Args:

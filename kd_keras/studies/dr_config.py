@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from kd_keras.config import ScaleSettings
 from kd_keras.data.preprocess import PreprocessConfig
 from kd_keras.runner import Flag, RunError, apply_demo_flags, demo_flags
 from kd_keras.studies.data_checks import KNOWN_ABNORMAL_CLASSES, check_data_settings
@@ -49,7 +50,7 @@ class DRError(RunError):
 
 
 @dataclasses.dataclass
-class DRKDConfig:
+class DRKDConfig(ScaleSettings):
     """Everything a run of study 000 depends on (``config.yaml`` replays it; ``--resume`` refuses another one).
 
     Args:

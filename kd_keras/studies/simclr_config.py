@@ -22,15 +22,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from kd_keras.config import ScaleSettings
 from kd_keras.runner import Flag, RunError, apply_demo_flags, demo_flags
 from kd_keras.studies.data_checks import KNOWN_ABNORMAL_CLASSES, check_data_settings
 
-__all__ = ["BASELINES", "FLAGS", "LAYOUTS", "METHODS", "PRESETS", "SimCLRConfig", "SimCLRError", "adjust_settings"]
+__all__ = ["BASELINES", "FLAGS", "LAYOUTS", "METHODS", "PRESETS", "PSEUDO_LABEL_RULES", "SimCLRConfig", "SimCLRError",
+           "adjust_settings"]
 
 LAYOUTS = ("folders", "eyepacs", "messidor", "chexpert", "csv", "npz")
-BASELINES = ("supervised", "fixmatch", "mixmatch")
+BASELINES = ("supervised", "supervised_full", "fixmatch", "mixmatch")
+PSEUDO_LABEL_RULES = ("prevalence", "youden")
 METHODS = {
     "supervised": "Supervised (fraction only)",
+    "supervised_full": "Supervised, 100% of the labels (reference)",
     "fixmatch": "FixMatch",
     "mixmatch": "MixMatch",
     "teacher": "SimCLR teacher, fine-tuned",
@@ -43,7 +47,7 @@ class SimCLRError(RunError):
 
 
 @dataclass
-class SimCLRConfig:
+class SimCLRConfig(ScaleSettings):
     """Everything a run of study 003 depends on (paper values in brackets; ``config.yaml`` replays a run).
 
     Data:
@@ -73,10 +77,12 @@ class SimCLRConfig:
         channels: image channels (1 or 3).
         teacher: zoo name of the teacher [ResNet50].
         teacher_weights: the teacher's initialisation before SimCLR: imagenet, a weights file, or none.
-        student: zoo name of the student [DenseNet-161; not in the zoo: the paper preset uses densenet201, the
-            closest keras.applications DenseNet (20.0 M parameters at 1000 classes against DenseNet-161's 28.7 M;
-            growth 32 against 48); the other presets densenet121 or smaller].
-        student_weights: the student's initialisation: imagenet, a weights file, or none.
+        student: zoo name of the student [densenet161: DenseNet-161, larger than the teacher; the demo and smoke
+            presets use small networks].
+        student_weights: the student's initialisation: imagenet, a weights file, or none [none: Keras has no
+            ImageNet weights for DenseNet-161 and the paper does not state the student's initialisation].
+        supervised_model: zoo name of the supervised baselines (``supervised``, ``supervised_full``); none: the
+            teacher's architecture [inception_v3, as the paper's Table 1]. They start from ``teacher_weights``.
         fundus_crop: crop the black border of fundus photos before resizing.
 
     Training:
@@ -92,10 +98,23 @@ class SimCLRConfig:
         student_epochs: student epochs on the pseudo-labels [200; batch 32].
         student_lr: student learning rate, pseudo-labels and fine-tuning (SGD, momentum 0.9) [1e-4].
         student_finetune_epochs: student fine-tuning epochs on the labeled fraction [100].
-        pseudo_label_threshold: class 1 where the teacher's positive-class probability is above it [0.5].
-        baseline_epochs: epochs of each baseline (supervised, FixMatch, MixMatch).
+        pseudo_label_threshold: the teacher's operating point for pseudo-labels (class 1 where its positive-class
+            probability is above it): a probability [0.5], ``prevalence`` (the pool gets the labeled set's share
+            of positives) or ``youden`` (the threshold of the largest sensitivity + specificity - 1 on the labeled
+            set, which the teacher was fine-tuned on).
+        baseline_epochs: epochs of each baseline; FixMatch and MixMatch count one epoch as one pass over the pool.
         baseline_lr: learning rate of each baseline (Adam).
-        baselines: which baselines to run (supervised, fixmatch, mixmatch).
+        baselines: which baselines to run: supervised (the labeled fraction), supervised_full (every training
+            label: the 100% reference), fixmatch, mixmatch (the teacher's architecture, as the paper's Table 1).
+        fixmatch_ratio: FixMatch's ``mu``, unlabeled examples per labeled one in a batch of ``batch_size`` labeled
+            examples [7, FixMatch's].
+        fixmatch_threshold: FixMatch's confidence threshold ``tau`` [0.95].
+        fixmatch_lambda_u: FixMatch's unlabeled weight [1].
+        mixmatch_ratio: MixMatch's unlabeled examples per labeled one in a batch [1: equal batches].
+        mixmatch_lambda_u: MixMatch's unlabeled weight [100], ramped up linearly over
+            ``mixmatch_rampup_steps`` optimizer steps [16,000, MixMatch's].
+        mixmatch_temperature: MixMatch's sharpening temperature ``T`` [0.5].
+        mixmatch_alpha: MixMatch's Beta(alpha, alpha) for MixUp [0.75]; ``K`` = 2 augmentations.
         batch_size: examples per batch of every training but SimCLR [32].
         bn_recalibration_batches: training batches over which BatchNorm statistics are recomputed at the end of
             each training (0: Keras' moving averages, as the paper).
@@ -128,6 +147,7 @@ class SimCLRConfig:
     teacher_weights: str | None = "imagenet"
     student: str = "densenet121"
     student_weights: str | None = "imagenet"
+    supervised_model: str | None = None
     simclr_epochs: int = 100
     simclr_lr: float = 1e-4
     simclr_temperature: float = 0.1
@@ -139,10 +159,18 @@ class SimCLRConfig:
     student_epochs: int = 50
     student_lr: float = 1e-4
     student_finetune_epochs: int = 30
-    pseudo_label_threshold: float = 0.5
+    pseudo_label_threshold: float | str = 0.5
     baseline_epochs: int = 30
     baseline_lr: float = 1e-4
-    baselines: tuple[str, ...] = BASELINES
+    baselines: tuple[str, ...] = ("supervised", "fixmatch", "mixmatch")
+    fixmatch_ratio: int = 7
+    fixmatch_threshold: float = 0.95
+    fixmatch_lambda_u: float = 1.0
+    mixmatch_ratio: int = 1
+    mixmatch_lambda_u: float = 100.0
+    mixmatch_rampup_steps: int = 16000
+    mixmatch_temperature: float = 0.5
+    mixmatch_alpha: float = 0.75
     batch_size: int = 32
     bn_recalibration_batches: int = 5
     fundus_crop: bool = True
@@ -153,10 +181,11 @@ class SimCLRConfig:
 
     def __post_init__(self):
         # "none" on the command line or in a file means no initial weights.
-        for name in ("teacher_weights", "student_weights"):
+        for name in ("teacher_weights", "student_weights", "supervised_model"):
             value = getattr(self, name)
             if value is None or str(value).strip().lower() in ("none", ""):
                 setattr(self, name, None)
+        self.pseudo_label_threshold = _operating_point(self.pseudo_label_threshold)
         if self.preset not in PRESETS:
             raise SimCLRError(f"--preset must be one of {list(PRESETS)}, got {self.preset!r}")
         if self.layout not in LAYOUTS:
@@ -165,7 +194,7 @@ class SimCLRConfig:
         if unknown:
             raise SimCLRError(f"--baselines: unknown {unknown[0]!r}; choose from {', '.join(BASELINES)}")
         self.baselines = tuple(dict.fromkeys(self.baselines))
-        for name in ("labeled_fraction", "test_fraction", "pseudo_label_threshold"):
+        for name in ("labeled_fraction", "test_fraction", "fixmatch_threshold"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise SimCLRError(f"--{name.replace('_', '-')} must be in (0, 1), got {getattr(self, name)}")
         if self.image_size < 32:
@@ -176,7 +205,11 @@ class SimCLRConfig:
         if self.simclr_weight_decay < 0 or self.simclr_rotation_degrees < 0 or self.bn_recalibration_batches < 0:
             raise SimCLRError("--simclr-weight-decay, --simclr-rotation-degrees and --bn-recalibration-batches must "
                               "be >= 0")
-        for name in (*epochs, "batch_size", "simclr_batch_size"):
+        if min(self.fixmatch_lambda_u, self.mixmatch_lambda_u, self.mixmatch_rampup_steps) < 0 or min(
+                self.mixmatch_temperature, self.mixmatch_alpha) <= 0:
+            raise SimCLRError("--fixmatch-lambda-u, --mixmatch-lambda-u and --mixmatch-rampup-steps must be >= 0, "
+                              "--mixmatch-temperature and --mixmatch-alpha > 0")
+        for name in (*epochs, "batch_size", "simclr_batch_size", "fixmatch_ratio", "mixmatch_ratio"):
             if getattr(self, name) < 1:
                 raise SimCLRError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.synthetic_patients < 0 or self.n_boot < 0 or self.tsne_points < 2:
@@ -184,22 +217,45 @@ class SimCLRConfig:
         check_data_settings(self, SimCLRError)
 
 
+def _operating_point(value: Any) -> float | str:
+    """``pseudo_label_threshold`` as a probability in (0, 1) or one of :data:`PSEUDO_LABEL_RULES` (one line
+    otherwise)."""
+    text = str(value).strip().lower()
+    if text in PSEUDO_LABEL_RULES:
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if not 0.0 < number < 1.0:
+        raise SimCLRError(f"--pseudo-label-threshold must be a probability in (0, 1) or one of "
+                          f"{', '.join(PSEUDO_LABEL_RULES)}, got {value!r}")
+    return number
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Study 003's protocol on real data (the table in docs/paper_presets.md; give --data): 299 px, 2% labeled,
     # SimCLR ResNet50 (lr 1e-5, weight decay 5e-4, batch 64, 100 epochs, rotations), pseudo-labels at 0.5, the
-    # student (densenet201 for DenseNet-161) 200 epochs SGD 1e-4 batch 32, then 100 epochs on the labels; no
-    # BatchNorm recalibration.
+    # DenseNet-161 student 200 epochs SGD 1e-4 batch 32, then 100 epochs on the labels; Inception-V3 supervised on
+    # 2% and 100% of the labels, FixMatch (mu 7, tau 0.95, lambda_u 1) and MixMatch (equal batches, K 2, T 0.5,
+    # alpha 0.75, lambda_u 100 ramped over 16k steps) on ResNet50; no BatchNorm recalibration.
     "paper": dict(image_size=299, channels=3, labeled_fraction=0.02, teacher="resnet50", teacher_weights="imagenet",
-                  student="densenet201", student_weights="imagenet", simclr_epochs=100, simclr_lr=1e-5,
+                  student="densenet161", student_weights=None, simclr_epochs=100, simclr_lr=1e-5,
                   simclr_weight_decay=5e-4, simclr_batch_size=64, simclr_rotation_degrees=15.0,
                   simclr_temperature=0.1, student_epochs=200, student_lr=1e-4, student_finetune_epochs=100,
-                  pseudo_label_threshold=0.5, batch_size=32, baselines=BASELINES, bn_recalibration_batches=0),
+                  pseudo_label_threshold=0.5, batch_size=32, baselines=BASELINES, supervised_model="inception_v3",
+                  fixmatch_ratio=7, fixmatch_threshold=0.95, fixmatch_lambda_u=1.0, mixmatch_ratio=1,
+                  mixmatch_lambda_u=100.0, mixmatch_rampup_steps=16000, mixmatch_temperature=0.5,
+                  mixmatch_alpha=0.75, bn_recalibration_batches=0),
     # `--demo`: the old script's DEMO dict and DEMO_PATIENTS, unchanged.
     "demo": dict(
         synthetic_patients=60, image_size=64, teacher_weights=None, student_weights=None, labeled_fraction=0.2,
         simclr_epochs=3, finetune_epochs=4, student_epochs=3, student_finetune_epochs=3, baseline_epochs=4,
         batch_size=16, simclr_lr=1e-3, finetune_lr=1e-3, student_lr=1e-2, baseline_lr=1e-3, n_boot=100,
         tsne_points=200,
+        # A pool of ~77 images is smaller than FixMatch's mu B = 112, and 20 steps are far fewer than MixMatch's
+        # 16,000-step ramp-up.
+        fixmatch_ratio=2, mixmatch_rampup_steps=10,
     ),
     # `--demo --tiny` / KD_KERAS_TINY=1: the old TINY dict and TINY_PATIENTS; CI only. Small zoo networks instead
     # of ResNet50/DenseNet keep it short (the protocol and its plumbing are the same). SimCLR gets 2 epochs so
@@ -208,7 +264,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         synthetic_patients=12, image_size=32, teacher_weights=None, student_weights=None, labeled_fraction=0.3,
         simclr_epochs=2, finetune_epochs=1, student_epochs=1, student_finetune_epochs=1, baseline_epochs=1,
         batch_size=8, simclr_lr=1e-3, finetune_lr=1e-3, student_lr=1e-2, baseline_lr=1e-3, n_boot=0,
-        tsne_points=40, test_fraction=0.3, teacher="simple10", student="vgg16_d4",
+        tsne_points=40, test_fraction=0.3, teacher="simple10", student="vgg16_d4", mixmatch_rampup_steps=2,
     ),
 }
 

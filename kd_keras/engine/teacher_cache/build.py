@@ -130,7 +130,9 @@ class _Teacher:
         if self._model is None:
             self._build()
         self.calls += 1
-        outputs = self._model.predict_on_batch(images)
+        from kd_keras.engine.distribute import predict_on_batch
+
+        outputs = predict_on_batch(self._model, images)  # float32, right under any strategy
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         return [np.asarray(o) for o in outputs]
 

@@ -1,0 +1,173 @@
+"""Scale settings of every study: strategy, mixed precision, jit_compile, logical CPU devices.
+
+In-process tests use the two logical CPU devices that tests/conftest.py creates before TensorFlow starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kd_keras.config import ScaleSettings, field_help, resolve_config
+from kd_keras.data import schema
+from kd_keras.engine import Distiller, get_objective
+from kd_keras.engine.distribute import (
+    ScaleError,
+    check_scale,
+    default_jit_compile,
+    float32_model,
+    predict_on_batch,
+    run_scope,
+)
+from kd_keras.studies import STUDIES, get_study
+
+SIZE = 16
+
+
+def tiny_model(name: str, classes: int = 3, seed: int = 0) -> keras.Model:
+    x = keras.Input((SIZE, SIZE, 1), name="image")
+    h = keras.layers.Rescaling(1 / 255.0)(x)
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="stage1",
+                            kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(h)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    f = keras.layers.GlobalAveragePooling2D(name="features")(h)
+    head_init = keras.initializers.GlorotUniform(seed=seed + 1)
+    out = keras.layers.Dense(classes, name="logits", kernel_initializer=head_init)(f)
+    return keras.Model(x, out, name=name)
+
+
+def batch(n: int = 8, classes: int = 3) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {schema.IMAGE: rng.uniform(0, 255, (n, SIZE, SIZE, 1)).astype("float32"),
+            schema.LABEL: rng.integers(0, classes, n).astype("int32"),
+            schema.LABELED: (np.arange(n) % 2).astype("float32")}
+
+
+@pytest.mark.parametrize("study", sorted(STUDIES))
+def test_every_study_has_the_scale_settings_as_options(study):
+    cls = get_study(study).config_class
+    assert issubclass(cls, ScaleSettings)
+    names = {f.name for f in dataclasses.fields(cls)}
+    assert {"strategy", "precision", "jit_compile", "logical_cpu_devices"} <= names
+    helps = field_help(cls)
+    assert "mixed_bfloat16" in helps["precision"] and "TF_CONFIG" in helps["strategy"]
+    config = resolve_config(cls, get_study(study).presets, preset="smoke",
+                            sets=["precision=mixed_bfloat16", "strategy=mirrored"])
+    assert (config.precision, config.strategy, config.jit_compile) == ("mixed_bfloat16", "mirrored", False)
+
+
+def test_a_bad_precision_is_refused_with_one_line():
+    study = get_study("oct")
+    with pytest.raises(ValueError, match="precision") as error:
+        resolve_config(study.config_class, study.presets, preset="smoke", sets=["precision=float8"])
+    assert "\n" not in str(error.value)
+
+
+def test_impossible_combinations_are_refused_with_one_line(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    if not tf.config.list_physical_devices("GPU"):
+        with pytest.raises(ScaleError, match="on a CPU use mixed_bfloat16"):
+            check_scale("default", "mixed_float16")
+    with pytest.raises(ScaleError, match="multiworker needs TF_CONFIG"):
+        check_scale("multiworker", "float32")
+    check_scale("mirrored", "mixed_bfloat16")  # fine on any machine
+
+
+def test_the_command_refuses_mixed_float16_on_cpu_before_writing_anything(tmp_path, capsys, monkeypatch):
+    from kd_keras.cli import main
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is present: mixed_float16 is allowed")
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    status = main(["run", "oct", "--preset", "smoke", "--precision", "mixed_float16", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and err == [err[0]] and "use mixed_bfloat16" in err[0]
+    assert not (tmp_path / "r").exists()
+    status = main(["run", "dr", "--preset", "smoke", "--strategy", "multiworker", "--out", str(tmp_path / "r")])
+    assert status == 2 and "TF_CONFIG" in capsys.readouterr().err
+
+
+def test_run_scope_sets_and_restores_policy_strategy_and_jit(strategies_available):
+    before = keras.mixed_precision.global_policy().name
+    with run_scope("mirrored", "mixed_bfloat16", jit_compile=True, logical_cpu_devices=2) as strategy:
+        assert strategy.num_replicas_in_sync == 2
+        assert tf.distribute.get_strategy() is strategy
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16" and default_jit_compile()
+        keras.backend.clear_session()  # what the studies call between trainings
+        assert tf.distribute.get_strategy() is strategy
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+        model = tiny_model("m")
+        assert isinstance(model.layers[-1].kernel.value, tf.distribute.DistributedValues)
+    assert keras.mixed_precision.global_policy().name == before and not default_jit_compile()
+    assert not tf.distribute.has_strategy()
+
+
+@pytest.fixture
+def strategies_available():
+    if len(tf.config.list_logical_devices("CPU")) < 2:
+        pytest.skip("needs 2 logical CPU devices (configured in tests/conftest.py before TensorFlow starts)")
+
+
+def test_bfloat16_train_step_on_cpu_has_finite_losses_and_float32_master_weights():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        student, teacher = tiny_model("student", seed=1), tiny_model("teacher", seed=5)
+        distiller = Distiller(student, teacher)
+        distiller.compile(keras.optimizers.Adam(1e-2), objective=get_objective("hinton", alpha=0.3, temperature=4.0))
+        assert student.layers[-1].compute_dtype == "bfloat16"
+        start = [w.numpy().copy() for w in student.trainable_weights]
+        stream = tf.data.Dataset.from_tensor_slices(batch()).batch(8)
+        logs = {k: v[-1] for k, v in distiller.fit(stream, epochs=1, verbose=0).history.items()}
+        logits = distiller(batch()[schema.IMAGE])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert logs.keys() >= {"loss", "hard", "soft"}
+    assert all(np.isfinite(float(v)) for v in logs.values()), logs
+    assert all(w.dtype == "float32" for w in student.trainable_weights)  # master weights
+    assert logits.dtype == tf.float32
+    moved = max(float(np.abs(w.numpy() - s).max()) for w, s in zip(student.trainable_weights, start, strict=True))
+    assert moved > 1e-4
+
+
+def test_mixed_float16_wraps_the_optimizer_in_a_loss_scale_optimizer():
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        distiller = Distiller(tiny_model("student", seed=1), tiny_model("teacher", seed=5))
+        distiller.compile(keras.optimizers.SGD(0.1), objective="hinton")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert isinstance(distiller.optimizer, keras.optimizers.LossScaleOptimizer)
+    loss = tf.constant(2.0)
+    scale = float(distiller.optimizer.initial_scale)
+    assert scale > 1 and float(distiller.optimizer.scale_loss(loss)) == pytest.approx(2.0 * scale)
+
+
+def test_a_mixed_precision_student_exports_as_float32_with_the_same_weights(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        student = tiny_model("student", seed=1)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    copy = float32_model(student)
+    assert copy is not student and copy.output.dtype == "float32"
+    assert {layer.dtype_policy.name for layer in copy._flatten_layers()} == {"float32"}
+    for a, b in zip(copy.get_weights(), student.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    images = batch()[schema.IMAGE]
+    mixed, exact = predict_on_batch(student, images), predict_on_batch(copy, images)
+    assert mixed.dtype == exact.dtype == np.float32
+    np.testing.assert_allclose(mixed, exact, atol=0.05)  # bfloat16 has 8 bits of mantissa
+    assert float32_model(copy) is copy
+
+
+def test_predict_on_batch_under_two_replicas_returns_one_row_per_image(strategies_available):
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+        model = tiny_model("m", seed=3)
+    images = batch(6)[schema.IMAGE]
+    out = predict_on_batch(model, images)
+    assert out.shape == (6, 3)
+    np.testing.assert_allclose(out, model(images, training=False).numpy(), atol=1e-6)
