@@ -88,37 +88,120 @@ _PNG_END = b"IEND\xaeB`\x82"
 _TAIL_BYTES = 4096
 
 
+_JPEG_SOS, _JPEG_EOI = b"\xff\xda", b"\xff\xd9"
+_PNG_MAX_CHUNKS = 100_000
+# Stands in for scan data that a cut-off JPEG lost (no 0xFF byte, so no marker): see _jpeg_scan_problem.
+_FILLER = bytes((np.random.default_rng(16).integers(0, 255, 2048, dtype=np.uint8) % 0xFF).tolist())
+
+
 def _header_problem(path: str) -> tuple[str, str] | None:
-    """Magic bytes and, for JPEG and PNG, the end marker in the last 4 KB (a cut-off file has none)."""
+    """Magic bytes; for JPEG an end-of-image marker after the last start-of-scan, for PNG an unbroken chain of
+    chunks up to IEND (only chunk headers are read: a file cut off, or cut and given a new end, breaks it)."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(16)
             size = os.fstat(handle.fileno()).st_size
             handle.seek(max(0, size - _TAIL_BYTES))
             tail = handle.read()
+            fmt = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+            if fmt is None or fmt == "NPY":
+                return "not_image", "not an image (no known image signature)"
+            if fmt == "JPEG":
+                return _jpeg_end_problem(handle, tail)
+            if fmt == "PNG":
+                return _png_chunk_problem(handle, size)
     except OSError as error:
         return "unreadable", f"cannot read file ({error.strerror or error})"
-    fmt = next((name for magic, name in _MAGIC if head.startswith(magic)), None)
-    if fmt is None or fmt == "NPY":
-        return "not_image", "not an image (no known image signature)"
-    if fmt == "JPEG" and b"\xff\xd9" not in tail:
-        return "truncated", "truncated JPEG (no end-of-image marker)"
-    if fmt == "PNG" and _PNG_END not in tail:
-        return "truncated", "truncated PNG (no IEND chunk)"
     return None
 
 
+def _jpeg_end_problem(handle, tail: bytes) -> tuple[str, str] | None:
+    """Entropy-coded data cannot hold FFD9, so the last end-of-image marker must come after the last start of a
+    scan. Only the last 4 KB are read, unless they hold no end marker (data appended after it, or a cut file)."""
+    eoi, sos = tail.rfind(_JPEG_EOI), tail.rfind(_JPEG_SOS)
+    if eoi < 0:
+        handle.seek(0)
+        data = handle.read()
+        eoi, sos = data.rfind(_JPEG_EOI), data.rfind(_JPEG_SOS)
+        if eoi < 0:
+            return "truncated", "truncated JPEG (no end-of-image marker)"
+    if sos > eoi:
+        return "truncated", "truncated JPEG (no end-of-image marker after the last scan)"
+    return None
+
+
+def _png_chunk_problem(handle, size: int) -> tuple[str, str] | None:
+    """Walks the chunk headers (length, type) from the signature to IEND, seeking over the data."""
+    offset = 8
+    for _ in range(_PNG_MAX_CHUNKS):
+        handle.seek(offset)
+        header = handle.read(8)
+        if len(header) < 8:
+            return "truncated", f"truncated PNG (file ends at byte {size} inside the chunk list, no IEND chunk)"
+        length, kind = int.from_bytes(header[:4], "big"), header[4:]
+        if not kind.isalpha():
+            return "truncated", f"truncated or corrupt PNG (no chunk header at byte {offset}: data cut off or " \
+                                "overwritten)"
+        end = offset + 12 + length
+        if end > size:
+            return "truncated", (f"truncated PNG (chunk {kind.decode('ascii')} at byte {offset} needs {length} "
+                                 f"bytes; the file ends first)")
+        if kind == b"IEND":
+            return None
+        offset = end
+    return "bad_image", f"PNG with over {_PNG_MAX_CHUNKS} chunks"
+
+
+def _jpeg_scan_problem(data: bytes) -> str | None:
+    """A JPEG whose scan data ends before its last block, given an end marker (cut off and "repaired", or
+    written by a tool that lost data), passes every marker check, and libjpeg decodes it with the missing blocks
+    in grey and only a warning. Inserting filler bytes before the end marker shows it: a complete scan never
+    reads them (the image is unchanged), a cut one decodes them as its missing blocks (the image changes)."""
+    import io
+
+    from PIL import Image
+
+    sos = data.rfind(_JPEG_SOS)
+    eoi = data.find(_JPEG_EOI, sos) if sos >= 0 else -1
+    if eoi < 0:
+        return None  # the marker checks report it
+
+    def pixels(encoded: bytes) -> np.ndarray | None:
+        try:
+            with Image.open(io.BytesIO(encoded)) as image:
+                if not (image.info.get("progressive") or image.info.get("progression")):
+                    # Sequential: the filler changes the missing blocks' DC terms, which a decode at 1/8 scale
+                    # (libjpeg's DCT scaling: DC terms only, several times faster) shows. Progressive: full size.
+                    image.draft(image.mode, (max(1, image.width // 8), max(1, image.height // 8)))
+                return np.asarray(image)
+        except Exception:  # noqa: BLE001 - a decoder failure here is not proof of a cut scan
+            return None
+
+    whole, padded = pixels(data), pixels(data[:eoi] + _FILLER + data[eoi:])
+    if whole is None or padded is None or (whole.shape == padded.shape and np.array_equal(whole, padded)):
+        return None
+    return "truncated JPEG (the scan data ends before the last block; the decoder would fill the rest in grey)"
+
+
 def _decode_problem(path: str) -> tuple[str, str] | None:
-    from kd_keras.data.preprocess import ImageReadError, read_image
+    from kd_keras.data.preprocess import ImageReadError, decode_image
 
     try:
-        image = read_image(path)
+        with open(path, "rb") as handle:
+            data = handle.read()
+        image = decode_image(data, path)
+    except OSError as error:
+        return "unreadable", f"cannot read file ({error.strerror or error})"
     except ImageReadError as error:
         return classify_read_error(error.problem), error.problem
     except Exception as error:  # noqa: BLE001 - any decoder failure is a skipped file, not a crash
         return "bad_image", f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error) else ''}"
     if image.shape[0] < 1 or image.shape[1] < 1:
         return "bad_image", f"image has no pixels (shape {image.shape})"
+    if data[:3] == b"\xff\xd8\xff":
+        problem = _jpeg_scan_problem(data)
+        if problem is not None:
+            return "truncated", problem
     return None
 
 
@@ -141,8 +224,9 @@ def check_file(path: str | os.PathLike, mode: str = "header") -> tuple[str, str]
 
     Args:
         path: the file.
-        mode: ``"exists"`` (a non-empty regular file), ``"header"`` (also a known image signature and, for JPEG
-            and PNG, an end marker in the last 4 KB), ``"decode"`` (also decodes it fully with OpenCV).
+        mode: ``"exists"`` (a non-empty regular file), ``"header"`` (also a known image signature; for JPEG an
+            end-of-image marker after the last scan, for PNG an unbroken chain of chunks up to IEND), ``"decode"``
+            (also decodes it fully with OpenCV, and proves a JPEG's scan data complete).
 
     Example:
 
