@@ -193,7 +193,8 @@ def _latency_images(args) -> tuple[np.ndarray | None, np.ndarray | None, np.ndar
         images, labels, _ = images_from_folders(args.images_dir, shape[:2], shape[2], args.images_per_class)
         order = np.random.default_rng(0).permutation(len(images))
         half = len(order) // 2
-        return images[np.sort(order[:half])], images[np.sort(order[half:])], labels[np.sort(order[half:])]
+        parity_labels = labels[np.sort(order[half:])] if labels.max() < max(args.num_classes, 2) else None
+        return images[np.sort(order[:half])], images[np.sort(order[half:])], parity_labels
     if "int8" in args.precisions:
         from kd_keras.export.latency import smooth_images
 
