@@ -132,3 +132,136 @@ def test_no_import_of_the_old_common_module():
         source = (REPO / "kd_keras" / "studies" / f"{name}.py").read_text()
         assert "studies import common" not in source and "studies.common" not in source, name
     assert os.path.getsize(REPO / "experiments" / "simclr_distill.py") < 2000
+
+
+# ---- the paper's baselines, the pseudo-labels' operating point (issues #21, #22) -------------------------------
+
+
+def test_operating_points_against_hand_computed_thresholds():
+    import numpy as np
+
+    from kd_keras.studies.simclr_semi import operating_point
+
+    labeled_p = np.array([0.1, 0.35, 0.4, 0.8, 0.9])
+    truth = np.array([0, 0, 1, 1, 1])
+    pool = np.array([0.05, 0.2, 0.3, 0.5, 0.6, 0.7, 0.95, 0.97, 0.98, 0.99])
+    assert operating_point(0.5, labeled_p, truth, pool) == 0.5  # the paper's, as is
+    # 60% positives in the labeled set -> 6 of the 10 pool images above the threshold: between 0.5 and 0.6.
+    t = operating_point("prevalence", labeled_p, truth, pool)
+    assert t == pytest.approx(0.55) and (pool > t).sum() == 6
+    # Youden's J on the labeled set is 1 for any cut between 0.35 and 0.4 (all right); ours: the midpoint.
+    t = operating_point("youden", labeled_p, truth, pool)
+    assert t == pytest.approx(0.375)
+    assert ((labeled_p > t) == truth.astype(bool)).all()
+    with pytest.raises(ValueError, match="one class"):
+        operating_point("youden", labeled_p, np.ones(5), pool)
+
+
+def test_pseudo_label_stage_at_an_operating_point_reports_its_agreement(tmp_path):
+    """A teacher whose probabilities are all above 0.5 labels the whole pool positive at the paper's 0.5 (the
+    issue-#21 demo); at the labeled set's prevalence it labels the right share, and the agreement with the
+    pool's hidden labels is computed as numpy computes it."""
+    import types
+
+    import keras
+    import numpy as np
+
+    from kd_keras.data import sources
+    from kd_keras.studies.simclr_stages import pseudo_label_stage
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 60)
+    brightness = 60 + 80 * labels + rng.permutation(60)  # all distinct: no ties at a quantile
+    images = np.broadcast_to(brightness[:, None, None], (60, 32, 32)).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", images=images, labels=labels)
+    records = sources.from_npz(tmp_path / "d.npz", split=None)
+    labeled, pool = records.subset(np.arange(20)), records.subset(np.arange(20, 60))
+    # Logits [0, 1 + brightness/100]: positive-class probability 0.73..0.9, ranked by brightness (= the label).
+    inputs = keras.Input((32, 32, 3))
+    mean = keras.layers.GlobalAveragePooling2D()(inputs)[:, :1]
+    teacher = keras.Model(inputs, keras.layers.Concatenate()([mean * 0.0, 1.0 + mean / 100.0]))
+    teacher.save(tmp_path / "teacher.keras")
+    found = {}
+    for rule in (0.5, "prevalence"):
+        config = types.SimpleNamespace(pseudo_label_threshold=rule, image_size=32, channels=3, fundus_crop=False)
+        ctx = types.SimpleNamespace(config=config, data=types.SimpleNamespace(labeled=labeled, pool=pool),
+                                    outputs={"teacher_finetune": {"path": str(tmp_path / "teacher.keras")}},
+                                    out=tmp_path / str(rule), say=lambda _: None)
+        found[rule] = pseudo_label_stage(ctx)
+    assert found[0.5]["positive"] == 40 and found[0.5]["agreement_with_hidden_labels"] == np.mean(pool.labels == 1)
+    prevalence = found["prevalence"]
+    assert prevalence["operating_point"] == "prevalence"
+    assert prevalence["positive"] == round(labels[:20].mean() * 40)
+    assert prevalence["agreement_with_hidden_labels"] == pytest.approx(1.0 - abs(
+        prevalence["positive"] - pool.labels.sum()) / 40)  # a perfect ranking: only the count can be wrong
+
+
+def test_baselines_at_their_papers_settings():
+    from kd_keras.studies.simclr_semi import baseline_objective
+
+    paper = resolve_run("simclr", ["--preset", "paper"])[1]
+    assert baseline_objective(paper, "fixmatch") == {"name": "fixmatch", "threshold": 0.95, "lambda_u": 1.0,
+                                                     "reduction": "per_stream"}
+    mixmatch = baseline_objective(paper, "mixmatch")
+    # The 003 demo's MixMatch scored below chance with lambda_u 75 from the first step (no ramp-up).
+    assert mixmatch["rampup_steps"] == 16000 and mixmatch["lambda_u"] == 100.0
+    assert (mixmatch["sharpen_temperature"], mixmatch["alpha"], mixmatch["reduction"]) == (0.5, 0.75, "per_stream")
+    assert (paper.fixmatch_ratio, paper.mixmatch_ratio) == (7, 1)
+    assert baseline_objective(paper, "supervised") == baseline_objective(paper, "supervised_full") == "hard_label"
+    for preset in ("demo", "smoke"):
+        config = resolve_run("simclr", ["--preset", preset])[1]
+        assert 0 < baseline_objective(config, "mixmatch")["rampup_steps"] <= 10, preset
+
+
+def test_the_full_reference_trains_on_every_training_label():
+    import types
+
+    import numpy as np
+
+    from kd_keras.data.records import Records
+    from kd_keras.studies.simclr_stages import labeled_everything
+
+    records = Records(paths=np.array([f"/x/{k}.png" for k in range(10)]), labels=np.arange(10) % 2,
+                      patients=np.arange(10).astype(str), class_names=("no", "yes"), task="binary")
+    labeled = records.subset(np.arange(3))
+    pool = records.subset(np.arange(3, 10))
+    pool = Records(paths=pool.paths, labels=pool.labels, patients=pool.patients, class_names=pool.class_names,
+                   task="binary", labeled=np.zeros(7, bool))
+    everything = labeled_everything(types.SimpleNamespace(labeled=labeled, pool=pool))
+    assert len(everything) == 10 and everything.labeled.all()
+    np.testing.assert_array_equal(everything.labels, records.labels)
+
+
+@pytest.mark.parametrize("setting,words", [("pseudo_label_threshold=1.5", "--pseudo-label-threshold"),
+                                           ("pseudo_label_threshold=median", "prevalence, youden"),
+                                           ("fixmatch_ratio=0", "--fixmatch-ratio"),
+                                           ("mixmatch_alpha=0", "--mixmatch-alpha"),
+                                           ("supervised_model=inception_v9", "--supervised-model")])
+def test_bad_baseline_settings_are_one_line(tmp_path, capsys, setting, words):
+    out = tmp_path / "out"
+    assert main(["run", "simclr", "--preset", "smoke", "--baselines", "supervised", "--set", setting,
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and words in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+
+
+def test_paper_preset_offline_stops_on_the_weights_before_writing(tmp_path, capsys, monkeypatch):
+    import keras
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setattr(keras.utils, "get_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    (tmp_path / "data").mkdir()
+    out = tmp_path / "out"
+    assert main(["run", "simclr", "--preset", "paper", "--data", str(tmp_path / "data"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
+    # With the teacher's file present, the Inception-V3 baselines' file is the one asked for.
+    models = tmp_path / "keras" / "models"
+    models.mkdir(parents=True)
+    (models / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"x")
+    assert main(["run", "simclr", "--preset", "paper", "--data", str(tmp_path / "data"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()

@@ -6,13 +6,14 @@ The four stages of its Fig. 1, on a binary task (referable DR, or any binary set
    strong augmentations, projection head; :class:`kd_keras.engine.objectives.SimCLR`).
 2. **Teacher fine-tuning** on the small labeled fraction (2% by default, whole patients).
 3. **Pseudo-labels**: the teacher labels the unlabeled pool (class 1 where its positive-class probability is
-   above 0.5: :func:`kd_keras.engine.pseudo_labels.hard_pseudo_labels`) and a **student** (DenseNet-161 in the
-   paper; Keras has none: ``densenet121`` by default, ``densenet201`` is the closest Keras offers) is trained on
-   them.
+   above 0.5, or above an operating point chosen from the data: ``pseudo_label_threshold``,
+   :mod:`~kd_keras.studies.simclr_semi`) and a **student** (DenseNet-161, ``densenet161``, in the paper preset)
+   is trained on them.
 4. **Student fine-tuning** on the labeled fraction.
 
-Baselines on the same fraction and pool: supervised (the teacher's architecture trained on the fraction; the
-paper's was Inception-V3), FixMatch and MixMatch (:mod:`kd_keras.engine.objectives`). AUC with
+Baselines on the same fraction and pool: supervised on the fraction and on every training label (the 100%
+reference; Inception-V3 in the paper preset), FixMatch and MixMatch with separate labeled and unlabeled batches at
+their papers' ratios (:mod:`kd_keras.engine.objectives_semi_supervised`). AUC with
 patient-clustered 95% CIs on every test set, and a t-SNE of the student's and the teacher's embeddings (Fig. 4).
 
 Run by ``kd-keras run simclr`` (or ``python experiments/simclr_distill.py``): stages ``simclr``,
@@ -74,8 +75,9 @@ TRAININGS = ("simclr", "teacher_finetune", "student_pseudo", "student_finetune")
 
 class SimCLRStudy(Study):
     """Study 003 for the runner: SimCLR, fine-tune, pseudo-labels, student, baselines, evaluation, t-SNE.
-    ``--preset paper`` runs 003 as published (docs/paper_presets.md: SimCLR ResNet50 100 epochs, densenet201
-    student 200 + 100 epochs, 299 px, EyePACS via --data): months on this 2-core CPU, days on one GPU."""
+    ``--preset paper`` runs 003 as published (docs/paper_presets.md: SimCLR ResNet50 100 epochs, DenseNet-161
+    student 200 + 100 epochs, Inception-V3 baselines on 2% and 100% of the labels, FixMatch and MixMatch, 299 px,
+    EyePACS via --data): months on this 2-core CPU, days on one GPU."""
 
     name = "simclr"
     title = "003 SimCLR pretraining + knowledge distillation"
@@ -90,12 +92,17 @@ class SimCLRStudy(Study):
         return adjust_settings(values, explicit)
 
     def check(self, config: SimCLRConfig) -> None:
-        """Refused before anything is written: no data, unknown networks, missing extra test sets."""
+        """Refused before anything is written: no data, unknown networks, ImageNet weights that cannot be had
+        (offline: the one-line weights message), missing extra test sets."""
         from kd_keras.models import get_spec
+        from kd_keras.models.weights import NOTOP_WEIGHTS, resolve_backbone_weights
 
         if config.data is None and config.synthetic_patients < 1:
             raise SimCLRError("give --data (and --layout), or --demo (generated data)")
-        for option, name in (("--teacher", config.teacher), ("--student", config.student)):
+        supervised = [b for b in config.baselines if b in ("supervised", "supervised_full")]
+        models = [("--teacher", config.teacher), ("--student", config.student)]
+        models += [("--supervised-model", config.supervised_model)] if config.supervised_model and supervised else []
+        for option, name in models:
             try:
                 get_spec(name)
             except (KeyError, ValueError) as error:
@@ -105,6 +112,17 @@ class SimCLRStudy(Study):
         for option, path in paths:
             if not Path(path).exists():
                 raise SimCLRError(f"{option} {path}: no such file or folder")
+        if config.student_weights == "imagenet" and config.student not in NOTOP_WEIGHTS:
+            raise SimCLRError(f"--student-weights imagenet: Keras has no ImageNet weights for {config.student!r}; "
+                              f"use --student-weights none or a weights file")
+        if config.teacher_weights == "imagenet":  # every network that starts from the teacher's weights
+            for option, name in models[:1] + models[2:]:
+                if name not in NOTOP_WEIGHTS:
+                    raise SimCLRError(f"--teacher-weights imagenet: Keras has no ImageNet weights for {name!r} "
+                                      f"({option}); use --teacher-weights none or a weights file")
+                resolve_backbone_weights(name, "imagenet")
+        if config.student_weights == "imagenet":
+            resolve_backbone_weights(config.student, "imagenet")
 
     def prepare(self, ctx: RunContext) -> SimCLRData:
         data = prepare_data(ctx.config, ctx.out, ctx.say)
@@ -165,21 +183,26 @@ def report_text(results: dict[str, Any]) -> str:
     config = results["config"]
     tests = [t for t in results["split"] if t not in ("labeled", "pool")]
     rows = [[METHODS.get(m, m), *[format_ci(results["test"][m][t]["auc"]) for t in tests]]
-            for m in ("supervised", "fixmatch", "mixmatch", "teacher", "student") if m in results["test"]]
+            for m in ("supervised", "supervised_full", "fixmatch", "mixmatch", "teacher", "student")
+            if m in results["test"]]
     pl = results["pseudo_labels"]
     lines = [
         "# Study 003: SimCLR pretraining + knowledge distillation",
         "",
         f"Labeled fraction {config['labeled_fraction']:g} ({results['split']['labeled']} images), pool "
         f"{results['split']['pool']}; {config['image_size']} px; teacher {config['teacher']} (SimCLR "
-        f"{config['simclr_epochs']} epochs), student {config['student']} (stand-in for DenseNet-161).",
+        f"{config['simclr_epochs']} epochs), student {config['student']}"
+        f"{'' if config['student'] == 'densenet161' else ' (the paper: DenseNet-161)'}; supervised baselines "
+        f"{config.get('supervised_model') or config['teacher']}.",
         batch_norm_sentence(config["bn_recalibration_batches"]),
         "",
         "## AUC (%) [95% CI, patient-clustered bootstrap]",
         "",
         markdown_table(["Method", *tests], rows),
         "",
-        f"Pseudo-labels: {pl['positive']} of {pl['total']} positive; agreement with the hidden labels "
+        f"Pseudo-labels: {pl['positive']} of {pl['total']} positive at the operating point "
+        f"{pl.get('operating_point', 0.5)} (threshold {pl.get('threshold', 0.5):.3f}; labeled prevalence "
+        f"{100 * pl.get('labeled_prevalence', float('nan')):.0f}%); agreement with the hidden labels "
         f"{100 * pl['agreement_with_hidden_labels']:.1f}%.",
         "",
         "![t-SNE](tsne.png)",

@@ -26,8 +26,8 @@ from kd_keras.studies.simclr_config import SimCLRConfig, SimCLRError
 if TYPE_CHECKING:
     from kd_keras.studies.data_checks import DataChecks
 
-__all__ = ["SimCLRData", "baseline_stage", "evaluation_stage", "load_records", "plot_tsne", "prepare_data",
-           "pseudo_label_stage", "simclr_stage", "student_finetune_stage", "student_pseudo_stage",
+__all__ = ["SimCLRData", "baseline_stage", "evaluation_stage", "labeled_everything", "load_records", "plot_tsne",
+           "prepare_data", "pseudo_label_stage", "simclr_stage", "student_finetune_stage", "student_pseudo_stage",
            "teacher_finetune_stage", "tsne_stage"]
 
 TEST = "test"
@@ -178,11 +178,11 @@ def _preprocess(config: SimCLRConfig):
                             fundus_crop=config.fundus_crop)
 
 
-def _weak(config: SimCLRConfig):
+def _weak(config: SimCLRConfig, offset: int = 0):
     from kd_keras.data.augment import build_augmenter
 
     return build_augmenter(flip="horizontal", rotation_degrees=0.0, vertical_shift=0.0, brightness=0.1,
-                           contrast=0.1, seed=config.seed)
+                           contrast=0.1, seed=config.seed + offset)
 
 
 def _strong(config: SimCLRConfig, offset: int, rotation_degrees: float = 0.0):
@@ -289,22 +289,42 @@ def teacher_finetune_stage(ctx: RunContext) -> dict[str, Any]:
 
 
 def _pseudo_labels(ctx: RunContext):
+    """The pool's pseudo-labels at the configured operating point (a probability, or a rule computed from the
+    teacher's cached outputs: :func:`kd_keras.studies.simclr_semi.operating_point`)."""
     from kd_keras.engine import pseudo_label_pool
+    from kd_keras.evaluation.metrics import probabilities_from_logits
+    from kd_keras.studies.simclr_semi import operating_point
 
-    data = ctx.data
-    return pseudo_label_pool(ctx.outputs["teacher_finetune"]["path"], data.labeled, data.pool,
-                             _preprocess(ctx.config), ctx.out / "teacher_cache", batch_size=64,
-                             threshold=ctx.config.pseudo_label_threshold)
+    data, rule = ctx.data, ctx.config.pseudo_label_threshold
+
+    def label(threshold: float):
+        return pseudo_label_pool(ctx.outputs["teacher_finetune"]["path"], data.labeled, data.pool,
+                                 _preprocess(ctx.config), ctx.out / "teacher_cache", batch_size=64,
+                                 threshold=threshold)
+
+    labels = label(0.5)  # runs the teacher once; the cache is read back for any other threshold
+    if isinstance(rule, str):
+        cache = labels.cache
+        logits = np.asarray(cache.logits[np.arange(cache.num_examples)], np.float32)
+        probabilities = probabilities_from_logits(logits)
+        positive = probabilities if probabilities.ndim == 1 else probabilities[:, 1]
+        n = labels.num_labeled
+        labels = label(operating_point(rule, positive[:n], data.labeled.labels, positive[n:]))
+    return labels
 
 
 def pseudo_label_stage(ctx: RunContext) -> dict[str, Any]:
-    """3a. The teacher labels the pool (positive-class probability above the threshold), cached on disk."""
+    """3a. The teacher labels the pool (positive-class probability above the operating point), cached on disk;
+    the pseudo-labels' agreement with the pool's hidden labels is recorded where the pool has them."""
     labels = _pseudo_labels(ctx)
     pool = ctx.data.pool
     summary = labels.summary(pool.class_names)
     summary.update(positive=int(labels.pool_labels.sum()), total=int(len(labels.pool_labels)),
-                   agreement_with_hidden_labels=float(np.mean(labels.pool_labels == pool.labels)))
-    ctx.say(f"pseudo-labels: {summary['positive']} of {summary['total']} positive; "
+                   agreement_with_hidden_labels=float(np.mean(labels.pool_labels == pool.labels)),
+                   operating_point=ctx.config.pseudo_label_threshold, threshold=float(labels.threshold),
+                   labeled_prevalence=float(np.mean(ctx.data.labeled.labels)))
+    ctx.say(f"pseudo-labels ({ctx.config.pseudo_label_threshold}: threshold {labels.threshold:.3f}): "
+            f"{summary['positive']} of {summary['total']} positive; "
             f"{100 * summary['agreement_with_hidden_labels']:.1f}% agree with the hidden labels")
     return summary
 
@@ -329,24 +349,44 @@ def student_finetune_stage(ctx: RunContext) -> dict[str, Any]:
                   epochs=config.student_finetune_epochs, learning_rate=config.student_lr, optimizer="sgd")
 
 
+def labeled_everything(data: SimCLRData) -> Records:
+    """Every training image with its true label: the labeled fraction and the pool (the 100% reference)."""
+    pool = dataclasses.replace(data.pool, labeled=np.ones(len(data.pool), bool))
+    return Records.concat(data.labeled, pool)
+
+
 def baseline_stage(ctx: RunContext, name: str) -> dict[str, Any]:
-    """A baseline with the teacher's architecture: supervised on the fraction, or FixMatch / MixMatch with the
-    pool."""
+    """A baseline: supervised (``supervised_model``, default the teacher's architecture) on the labeled fraction
+    or on every training label (``supervised_full``); FixMatch / MixMatch (the teacher's architecture) with
+    separate batches of ``batch_size`` labeled and ``ratio x batch_size`` pool images
+    (:func:`kd_keras.data.pipeline.make_two_stream_dataset`), one epoch being one pass over the pool."""
     from kd_keras.data import pipeline
+    from kd_keras.studies.simclr_semi import SEMI_SUPERVISED, baseline_objective, baseline_ratio
 
     config, data = ctx.config, ctx.data
     seed_model(ctx)
-    model = _build(config.teacher, config.teacher_weights, config)
-    if name == "supervised":
-        make, steps = _stream(ctx, data.labeled, lambda: _weak(config))
-        objective: str | dict = "hard_label"
+    objective = baseline_objective(config, name)
+    if name not in SEMI_SUPERVISED:
+        model = _build(config.supervised_model or config.teacher, config.teacher_weights, config)
+        records = data.labeled if name == "supervised" else labeled_everything(data)
+        make, steps = _stream(ctx, records, lambda: _weak(config))
     else:
-        def make():
-            return pipeline.make_mixed_dataset(data.labeled, data.pool, _preprocess(config), config.batch_size,
-                                               seed=config.seed, augmenter=_weak(config),
-                                               view2_augmenter=_strong(config, 1), cache=False)
+        model = _build(config.teacher, config.teacher_weights, config)
+        ratio = baseline_ratio(config, name)
+        # FixMatch: a weak and a strong view; MixMatch: K = 2 weak augmentations.
+        view2 = (lambda: _strong(config, 1)) if name == "fixmatch" else (lambda: _weak(config, 1))
 
-        steps, objective = None, {"name": name}  # one pass over labeled + pool, counted once
+        def make():
+            return pipeline.make_two_stream_dataset(data.labeled, data.pool, _preprocess(config), config.batch_size,
+                                                    unlabeled_ratio=ratio, seed=config.seed,
+                                                    augmenter=_weak(config), view2_augmenter=view2())
+
+        steps = max(math.ceil(len(data.labeled) / config.batch_size),
+                    pipeline.two_stream_steps(len(data.pool), config.batch_size, ratio))
+        total = steps * config.baseline_epochs
+        if name == "mixmatch" and total < config.mixmatch_rampup_steps:
+            ctx.say(f"mixmatch: {total} steps, fewer than its lambda_u ramp-up of {config.mixmatch_rampup_steps}: "
+                    f"lambda_u ends at {config.mixmatch_lambda_u * total / config.mixmatch_rampup_steps:.3g}")
     return _train(ctx, f"baseline-{name}", name, model, make, steps=steps, epochs=config.baseline_epochs,
                   learning_rate=config.baseline_lr, objective=objective)
 
