@@ -89,9 +89,10 @@ class OCTStudyConfig(ScaleSettings):
             class per folder: OCT2017's CNV, DME, DRUSEN, NORMAL; per-class sensitivity and specificity, macro
             AUC and the confusion matrix in the report).
         geometry: how a B-scan that is not square becomes the model's square input (recorded in the exported
-            files' sidecars, so ``kd-keras predict`` does the same): ``"resize"`` (stretch), ``"center_crop"``
-            (full height, central columns), ``"pad"`` (black bands above and below); see
-            ``docs/oct_real.md`` for the comparison on real B-scans.
+            files' sidecars, so ``kd-keras predict`` does the same): ``"center_crop"`` (default: full height,
+            central columns; validated best on the real Kermany B-scans, 0.850 AUC against 0.816 for
+            ``"resize"`` and 0.769 for ``"pad"``, docs/oct_real.md), ``"resize"`` (stretch; the paper preset, as
+            002 "resized to 224 x 224") or ``"pad"`` (black bands above and below). Square images are unchanged.
         validation_fraction, test_fraction: patient-level shares of the labeled data.
         synthetic: :class:`~kd_keras.data.synthetic_oct.SyntheticOCTConfig` fields of the embedded data.
 
@@ -147,7 +148,7 @@ class OCTStudyConfig(ScaleSettings):
     test_fraction: float = 0.2
     synthetic: dict = field(default_factory=dict)
     task: str = "binary"
-    geometry: str = "resize"
+    geometry: str = "center_crop"
     image_size: int = 64
     student_channels: int = 1
     teacher: str = "resnet50"
@@ -293,7 +294,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 64, 20 epochs, learning rates 1e-1..1e-6, five runs, max validation accuracy; pseudo-labels at 0-100% of the
     # pool (2.4) and the soft-target alternative (2.5); no BatchNorm recalibration.
     "paper": dict(
-        image_size=224, student_channels=3, teacher="resnet50", teacher_weights="imagenet", teacher_dropout=0.5,
+        image_size=224, geometry="resize", student_channels=3, teacher="resnet50", teacher_weights="imagenet",
+        teacher_dropout=0.5,
         teacher_optimizer="sgd", teacher_learning_rates=(1e-2, 1e-3, 1e-4, 1e-5, 1e-6), teacher_runs=1,
         teacher_epochs=31, teacher_batch_size=64, teacher_steps_per_epoch=None,
         students=PAPER_STUDENTS, student_optimizer="adam",
