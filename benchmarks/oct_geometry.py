@@ -49,8 +49,8 @@ def run(data_dir: str, geometries: list[str], seeds: list[int], student: str, im
             validation = pipeline.make_dataset(data.validation, pre, 64, shuffle=False, cache=True)
             start = time.perf_counter()
             result = train(build_model(student, (image_size, image_size, 1), len(data.class_names)),
-                           lambda pre=pre, augmenter=augmenter, seed=seed: pipeline.make_dataset(
-                               data.train, pre, 32, repeat=True, seed=seed, augmenter=augmenter, cache=True),
+                           lambda pre=pre, augmenter=augmenter, seed=seed, train=data.train: pipeline.make_dataset(
+                               train, pre, 32, repeat=True, seed=seed, augmenter=augmenter, cache=True),
                            epochs=epochs, steps_per_epoch=steps, validation=validation, learning_rate=2e-3,
                            monitor="auc")
             test_auc = {name: predict(result.model, records, pre).score("auc") for name, records in data.tests.items()}
@@ -68,7 +68,8 @@ def run(data_dir: str, geometries: list[str], seeds: list[int], student: str, im
                              "test_auc_mean": statistics.mean(tests)}
     best = max(summary, key=lambda g: summary[g]["validation_auc_mean"])
     return {"data_dir": data_dir, "student": student, "image_size": image_size, "epochs": epochs,
-            "steps_per_epoch": steps, "task": task, "labeled_fraction": labeled_fraction, "train": len(data.train), "validation": len(data.validation),
+            "steps_per_epoch": steps, "task": task, "labeled_fraction": labeled_fraction,
+            "train": len(data.train), "validation": len(data.validation),
             "runs": rows, "summary": summary, "best_by_validation": best}
 
 
