@@ -107,6 +107,8 @@ class OCTStudyConfig(ScaleSettings):
             ``simclr_temperature``), ``simclr_epochs`` x ``simclr_steps_per_epoch`` steps of ``simclr_batch_size``
             at ``simclr_learning_rate`` (Adam); each teacher run then starts from those weights. Offline there
             are no ImageNet weights: this is the way to a better-than-random start.
+        simclr_epochs, simclr_steps_per_epoch, simclr_batch_size, simclr_learning_rate, simclr_temperature: the
+            SimCLR pretraining of the teacher (``teacher_pretraining: simclr``).
 
     Training (teacher_* and student_*): optimizer (``"sgd"`` = momentum 0.9, ``"adam"``), learning-rate grid,
         runs per rate, epochs, batch size, ``*_steps_per_epoch`` (``None``: one pass over the training images,
