@@ -284,8 +284,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kd_keras.engine.teacher_cache import build_main, merge_main
 
         if not rest or rest[0] not in ("build", "merge"):
-            print("usage: kd-keras cache build ... | kd-keras cache merge ...  (--help after either)")
-            return 0 if rest and rest[0] in ("-h", "--help") else 2
+            if rest and rest[0] in ("-h", "--help"):
+                print("usage: kd-keras cache build ... | kd-keras cache merge ...  (--help after either)")
+                return 0
+            given = f" {rest[0]!r}" if rest else ""
+            return _error(f"kd-keras cache: unknown subcommand{given}; use `kd-keras cache build` or `kd-keras "
+                          "cache merge` (--help after either)")
         return (build_main if rest[0] == "build" else merge_main)(rest[1:])
     return _error(f"unknown command {command!r}; commands: {', '.join(COMMANDS)} (kd-keras --help)")
 

@@ -13,8 +13,16 @@ state; an external teacher is not included, it is rebuilt from its own file); se
 Distribution. Create the student, the teacher and the Distiller, and call ``compile``, inside
 ``strategy.scope()`` (:func:`kd_keras.engine.distribute.get_strategy`). Per-example losses are summed over a
 replica and divided by the global batch size (Keras' gradient all-reduce sums replicas), and the reported
-``loss`` is the mean over all examples of all replicas. Batch normalisation in a student uses per-replica
-statistics, as Keras does.
+``loss`` is the mean over all examples of all replicas. Batch normalisation in the student uses the statistics
+of the global batch (Keras' ``synchronized`` batch norm, switched on while the step is traced on several
+replicas): the same student whatever the number of replicas, also when each replica holds few images.
+
+Mixed precision. Under a ``mixed_float16`` / ``mixed_bfloat16`` policy (the runner's ``precision`` setting) the
+layers compute in 16 bits and keep float32 weights; the student's and teacher's outputs are cast to float32 before
+softmax, temperature, KL and every loss (:class:`~kd_keras.engine.step_context.StepContext`), ``call`` returns
+float32 logits, and under ``mixed_float16`` Keras' ``compile`` wraps the optimizer in a ``LossScaleOptimizer``
+(``train_step`` scales the loss with ``optimizer.scale_loss``; ``apply_gradients`` unscales and skips a step
+whose gradients are not finite).
 
 Example:
     >>> with strategy.scope():
@@ -29,6 +37,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -244,7 +254,7 @@ class Distiller(keras.Model):
     def train_step(self, data):
         batch = self._standardize(data)
         objective = self._check_objective(batch)
-        with tf.GradientTape() as tape:
+        with tf.GradientTape() as tape, self._global_batch_norm():
             ctx = StepContext(self, batch, training=True)
             out: ObjectiveOutput = objective.compute(batch, ctx)
             # Keras' convention: replica sum / global batch; the optimizer's all-reduce sums the replicas.
@@ -265,6 +275,23 @@ class Distiller(keras.Model):
         return self._step_outputs(
             self.compute_metrics(batch, batch[schema.LABEL], out.student_logits, batch[schema.LABELED])
         )
+
+    @contextlib.contextmanager
+    def _global_batch_norm(self) -> Iterator[None]:
+        """While the step is traced on several replicas, the student's batch norm layers normalise with the
+        global batch's statistics (an all-reduce in the traced graph); the layers' saved config is unchanged."""
+        if self.distribute_strategy.num_replicas_in_sync == 1:
+            yield
+            return
+        layers = [layer for layer in self._student._flatten_layers()
+                  if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized]
+        for layer in layers:
+            layer.synchronized = True
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.synchronized = False
 
     def _step_outputs(self, results: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         strategy = self.distribute_strategy
