@@ -54,14 +54,35 @@ from pathlib import Path
 
 import numpy as np
 
+from kd_keras.cli_checks import (
+    MODEL_SUFFIXES,
+    CommandError,
+    OneLineArgumentParser,
+    at_least,
+    fraction,
+    model_file_problem,
+    output_file_stem,
+    output_folder,
+)
 from kd_keras.export import EXPORT_VARIANTS, ExportParityError, export_model, images_from_folders, load_keras_model
 from kd_keras.export.latency import PRECISIONS, RUNTIME_SUFFIX, benchmark, best_table, markdown_table, write_outputs
 
 __all__ = ["export_main", "latency_main"]
 
 
+# ONNX opsets tf2onnx converts to (its OPSET_TO_IR_VERSION table) that ONNX Runtime runs.
+ONNX_OPSETS = range(13, 19)
+
+
+def _opset(text: str) -> int:
+    value = at_least(ONNX_OPSETS.start)(text)
+    if value not in ONNX_OPSETS:
+        raise argparse.ArgumentTypeError(f"must be in [{ONNX_OPSETS.start}, {ONNX_OPSETS.stop - 1}], got {value}")
+    return value
+
+
 def _parse_export(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="kd-keras export", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", help="student .keras file")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--variants", nargs="+", default=["tflite_fp32", "onnx"],
@@ -69,17 +90,18 @@ def _parse_export(argv):
     parity = parser.add_mutually_exclusive_group(required=True)
     parity.add_argument("--parity-dir", help="labelled real images, one sub-folder per class")
     parity.add_argument("--parity-npz", help=".npz with 'images' (N,H,W,C) [0,255] and optional 'labels'")
-    parser.add_argument("--parity-per-class", type=int, default=100, help="parity images per class folder")
+    parser.add_argument("--parity-per-class", type=at_least(1), default=100, help="parity images per class folder")
     parser.add_argument("--representative-dir", help="training images (sub-folders) for int8 calibration")
     parser.add_argument("--representative-npz", help=".npz with 'images' for int8 calibration")
-    parser.add_argument("--representative-count", type=int, default=200, help="calibration images")
+    parser.add_argument("--representative-count", type=at_least(1), default=200, help="calibration images")
     parser.add_argument("--class-names", nargs="+", help="class names in logit order (default: parity folders)")
-    parser.add_argument("--threshold", type=float, default=0.5, help="decision threshold of a binary model")
-    parser.add_argument("--accept-agreement", type=float, default=None,
+    parser.add_argument("--threshold", type=fraction, default=0.5, help="decision threshold of a binary model")
+    parser.add_argument("--accept-agreement", type=fraction, default=None,
                         help="explicitly accept a decision agreement below 0.99 for fp16/dynamic/int8 files")
-    parser.add_argument("--opset", type=int, default=17)
-    parser.add_argument("--threads", type=int, default=None, help="LiteRT / ONNX Runtime threads for parity")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--opset", type=_opset, default=17,
+                        help=f"ONNX opset, {ONNX_OPSETS.start} to {ONNX_OPSETS.stop - 1}")
+    parser.add_argument("--threads", type=at_least(1), default=None, help="LiteRT / ONNX Runtime threads for parity")
+    parser.add_argument("--batch-size", type=at_least(1), default=32)
     parser.add_argument("--seed", type=int, default=0, help="seed of the image samples")
     return parser.parse_args(argv)
 
@@ -94,13 +116,44 @@ def _npz(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     return data["images"], data["labels"] if "labels" in data else None
 
 
+def _check_export(args, variants: list[str]) -> None:
+    """Every option that can be checked without the model, before it is loaded (the speed of a refusal)."""
+    problem = model_file_problem(args.model)
+    if problem is None and Path(args.model).suffix != ".keras":
+        problem = "expected a .keras model file (save the student with model.save('x.keras'))"
+    if problem:
+        raise CommandError(f"{args.model}: {problem}")
+    unknown = [v for v in variants if v not in EXPORT_VARIANTS]
+    if unknown:
+        raise CommandError(f"--variants: unknown {', '.join(unknown)}; choose from {', '.join(EXPORT_VARIANTS)} "
+                           "or 'all'")
+    for option, path, kind in (("--parity-dir", args.parity_dir, "folder"), ("--parity-npz", args.parity_npz, "file"),
+                               ("--representative-dir", args.representative_dir, "folder"),
+                               ("--representative-npz", args.representative_npz, "file")):
+        if path is not None and not (Path(path).is_dir() if kind == "folder" else Path(path).is_file()):
+            raise CommandError(f"{option} {path}: no such {kind}")
+    if args.parity_dir and args.class_names:
+        missing = [n for n in args.class_names if not (Path(args.parity_dir) / n).is_dir()]
+        if missing:
+            raise CommandError(f"--class-names: no folder {Path(args.parity_dir) / missing[0]} (with --parity-dir, "
+                               "the class names are its class folders, in logit order)")
+    output_folder(args.out)
+
+
 def export_main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_export(argv)
+    try:
+        args = _parse_export(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 2
     variants = list(EXPORT_VARIANTS) if args.variants == ["all"] else args.variants
     try:
+        _check_export(args, variants)
         model = load_keras_model(args.model)
         height, width, channels = (int(d) for d in model.inputs[0].shape[1:])
         class_names = args.class_names
+        logits = int(model.outputs[0].shape[-1])
+        if class_names and len(class_names) != max(logits, 2):
+            raise CommandError(f"--class-names: {len(class_names)} names for a model with {logits} logits")
         if args.parity_dir:
             images, labels, folder_names = images_from_folders(
                 args.parity_dir, (height, width), channels, args.parity_per_class, seed=args.seed,
@@ -131,6 +184,9 @@ def export_main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a full disk, a folder without permission
+        print(f"error: {error.filename or args.out}: cannot write ({error.strerror or error})", file=sys.stderr)
+        return 2
     for exported in files:
         p = exported.parity
         line = (f"{exported.path}: {p.variant} ({p.runtime}) max rel diff {p.max_relative_diff:.2e}, "
@@ -144,12 +200,12 @@ def export_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parse_latency(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(prog="kd-keras latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", nargs="+", help="zoo names or .keras/.tflite/.onnx paths")
     parser.add_argument("--teacher", default="resnet50", help="speed-ups are over this target ('none': no ratios)")
     parser.add_argument("--runtimes", nargs="+", choices=sorted(RUNTIME_SUFFIX), default=None,
                         help="default: keras, litert, onnxruntime (+ keras-gpu, onnxruntime-cuda on a GPU)")
-    parser.add_argument("--num-images", type=int, default=128, help="images per volume")
+    parser.add_argument("--num-images", type=at_least(1), default=128, help="images per volume")
     parser.add_argument("--batch-size", nargs="+", default=["16"],
                         help="images per call: one number, or RUNTIME=N per runtime (e.g. litert=4 onnxruntime=16)")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32"],
@@ -157,17 +213,18 @@ def _parse_latency(argv):
                              "images for calibration)")
     parser.add_argument("--images-dir", default=None,
                         help="class-folder images: int8 calibration (first half) and parity of every file (second)")
-    parser.add_argument("--images-per-class", type=int, default=32, help="images per class folder from --images-dir")
+    parser.add_argument("--images-per-class", type=at_least(1), default=32,
+                        help="images per class folder from --images-dir")
     parser.add_argument("--no-onnx-optimize", action="store_true",
                         help="time tf2onnx's graph as is (without kd_keras.export.onnx_optimize)")
     parser.add_argument("--profile", action="store_true",
                         help="per-operator profile (ONNX Runtime) and per-segment time (LiteRT) instead of timing")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads per runtime (0: runtime default)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed volumes first")
-    parser.add_argument("--repeats", type=int, default=5, help="timed volumes")
-    parser.add_argument("--image-size", type=int, default=224, help="input side for zoo names")
+    parser.add_argument("--threads", type=at_least(0), default=2, help="CPU threads per runtime (0: runtime default)")
+    parser.add_argument("--warmup", type=at_least(0), default=1, help="untimed volumes first")
+    parser.add_argument("--repeats", type=at_least(1), default=5, help="timed volumes")
+    parser.add_argument("--image-size", type=at_least(32), default=224, help="input side for zoo names (>= 32)")
     parser.add_argument("--channels", type=int, default=3, choices=(1, 3), help="input channels for zoo names")
-    parser.add_argument("--num-classes", type=int, default=2)
+    parser.add_argument("--num-classes", type=at_least(1), default=2)
     parser.add_argument("--work-dir", default=None, help="keep converted files here (default: temporary)")
     parser.add_argument("--out", default="latency", help="output stem: <out>.json, <out>.md, <out>.png")
     return parser.parse_args(argv)
@@ -202,10 +259,39 @@ def _latency_images(args) -> tuple[np.ndarray | None, np.ndarray | None, np.ndar
     return None, None, None
 
 
+def _check_targets(targets: Sequence[str], teacher: str | None) -> None:
+    """Each target (and the teacher) is a zoo name or a model file that is what its suffix says."""
+    from kd_keras.models import list_models
+
+    names = set(list_models())
+    for option, target in [*(("target", t) for t in targets), *((("--teacher", teacher),) if teacher else ())]:
+        if target in names:
+            continue
+        if Path(target).suffix.lower() in MODEL_SUFFIXES or os.sep in target or Path(target).exists():
+            problem = model_file_problem(target)
+            if problem:
+                raise CommandError(f"{option} {target}: {problem}")
+            continue
+        raise CommandError(f"{option} {target!r}: not a zoo model name or a .keras/.tflite/.onnx file "
+                           "(kd-keras zoo lists the names)")
+
+
 def latency_main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = _parse_latency(argv)
+    try:
+        args = _parse_latency(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 2
     teacher = None if args.teacher.lower() == "none" else args.teacher
+    try:
+        _check_targets(args.targets, teacher)
+        if args.images_dir is not None and not Path(args.images_dir).is_dir():
+            raise CommandError(f"--images-dir {args.images_dir}: no such folder")
+        if not args.profile:
+            output_file_stem(args.out, (".json", ".md", ".png"))
+    except CommandError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     load_at_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     command = "kd-keras latency " + " ".join(shlex.quote(a) for a in argv)
     try:
@@ -225,6 +311,9 @@ def latency_main(argv: Sequence[str] | None = None) -> int:
             parity_labels=parity_labels, onnx_optimize=not args.no_onnx_optimize, work_dir=args.work_dir)
     except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk, a folder without permission
+        print(f"error: {error.filename or args.out}: cannot write ({error.strerror or error})", file=sys.stderr)
         return 2
     paths = write_outputs(results, args.out, command=command, extra={"load_average_at_start": load_at_start},
                           teacher=teacher)

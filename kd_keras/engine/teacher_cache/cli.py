@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from kd_keras.cli_checks import OneLineArgumentParser, at_least
 from kd_keras.data.preprocess import ImageReadError, PreprocessConfig
 from kd_keras.engine.teacher_cache.build import build_cache_part, build_teacher_cache
 from kd_keras.engine.teacher_cache.keys import ON_BAD_FILE, TAP_STORAGES, CacheError, make_cache_key
@@ -37,7 +38,10 @@ def _image_size(text: str) -> tuple[int, int]:
     if not match:
         raise argparse.ArgumentTypeError(f"image size must be N or HxW, got {text!r}")
     height = int(match.group(1))
-    return height, int(match.group(2) or height)
+    size = height, int(match.group(2) or height)
+    if min(size) < 1:
+        raise argparse.ArgumentTypeError(f"image size must be positive, got {text!r}")
+    return size
 
 
 def _tap_argument(text: str) -> tuple[str, str]:
@@ -68,8 +72,8 @@ def add_cache_arguments(parser: argparse.ArgumentParser, mode: str = "any") -> a
     parser.add_argument("--image-size", required=True, type=_image_size, help="N or HxW (the teacher's input)")
     parser.add_argument("--channels", type=int, default=3, choices=(1, 3))
     parser.add_argument("--clahe", action="store_true", help="per-channel CLAHE (study 000)")
-    parser.add_argument("--clahe-clip", type=float, default=2.0)
-    parser.add_argument("--clahe-grid", type=int, default=8)
+    parser.add_argument("--clahe-clip", type=at_least(1e-6, float), default=2.0)
+    parser.add_argument("--clahe-grid", type=at_least(1), default=8)
     parser.add_argument("--fundus-crop", action="store_true")
     parser.add_argument("--out", required=True, help="parent folder of cache folders")
     parser.add_argument(
@@ -92,17 +96,18 @@ def add_cache_arguments(parser: argparse.ArgumentParser, mode: str = "any") -> a
             "--parts", nargs="*", default=(), metavar="OUT", help="merge: other --out folders holding parts"
         )
     if mode in ("any", "build"):
-        parser.add_argument("--batch-size", type=int, default=64)
-        parser.add_argument("--shard-size", type=int, default=4096)
+        parser.add_argument("--batch-size", type=at_least(1), default=64)
+        parser.add_argument("--shard-size", type=at_least(1), default=4096)
         parser.add_argument("--on-bad-file", choices=ON_BAD_FILE, default="raise")
-        parser.add_argument("--workers", type=int, default=0, help="parallel decode calls (0: tf.data AUTOTUNE)")
+        parser.add_argument("--workers", type=at_least(0), default=0,
+                            help="parallel decode calls (0: tf.data AUTOTUNE)")
     return parser
 
 
 def _parser(mode: str = "any") -> argparse.ArgumentParser:
     prog = {"any": "python -m kd_keras.engine.teacher_cache", "build": "kd-keras cache build",
             "merge": "kd-keras cache merge"}[mode]
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         prog=prog,
         description="Compute (once) the teacher's logits over an unaugmented image folder into a sharded, "
         "memory-mapped cache keyed by teacher, data and preprocessing.",
@@ -116,6 +121,26 @@ def _one_line(error: BaseException) -> str:
     else:
         text = str(error) or type(error).__name__
     return " ".join(text.split())
+
+
+def _check_paths(args: argparse.Namespace, merge: bool) -> None:
+    """The teacher file, the pool, the output folder and the parts, before any work (one line naming each)."""
+    from kd_keras.cli_checks import model_file_problem, output_folder
+
+    if not Path(args.teacher).exists():
+        raise CacheError(args.teacher, "teacher file does not exist")
+    problem = model_file_problem(args.teacher)
+    if problem is None and Path(args.teacher).suffix != ".keras":
+        problem = "the teacher must be a .keras file"
+    if problem:
+        raise CacheError(args.teacher, f"cannot load the teacher (--teacher: {problem})")
+    if not Path(args.pool).is_dir():
+        raise CacheError(args.pool, "--pool: no such folder")
+    for part in getattr(args, "parts", ()) or ():
+        if not Path(part).is_dir():
+            raise CacheError(part, "--parts: no such folder (an --out folder of `kd-keras cache build --shard`)")
+    if not merge or Path(args.out).exists():  # a merge into a missing folder: "no parts to merge" names it
+        output_folder(args.out)
 
 
 def run_cache_command(args: argparse.Namespace, merge: bool = False) -> int:
@@ -143,8 +168,7 @@ def run_cache_command(args: argparse.Namespace, merge: bool = False) -> int:
             clahe_grid=args.clahe_grid,
             fundus_crop=args.fundus_crop,
         )
-        if not Path(args.teacher).is_file():
-            raise CacheError(args.teacher, "teacher file does not exist")
+        _check_paths(args, merge or getattr(args, "merge", False))
         records = from_folder(args.pool)
         if records.report.counts().get("skipped"):
             print(records.report.format_summary(), file=sys.stderr)
@@ -184,7 +208,7 @@ def run_cache_command(args: argparse.Namespace, merge: bool = False) -> int:
             )
         )
         return 0
-    except (CacheError, ImageReadError, DataError, ValueError, OSError) as error:
+    except (CacheError, ImageReadError, DataError, ValueError, OSError) as error:  # CommandError is a ValueError
         print(f"error: {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
