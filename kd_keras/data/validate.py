@@ -51,6 +51,7 @@ records.report.write_json("runs/cxr/data_report.json")
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -183,6 +184,68 @@ def _jpeg_scan_problem(data: bytes) -> str | None:
     return "truncated JPEG (the scan data ends before the last block; the decoder would fill the rest in grey)"
 
 
+def _jpeg_restart_problem(data: bytes) -> str | None:
+    """With restart markers (a DRI segment), the last scan must hold one marker per restart interval but the last:
+    a scan cut after a marker decodes the same with or without filler (the decoder resynchronises on the end
+    marker), so the markers are counted instead."""
+    if b"\xff\xdd" not in data:  # no restart interval (FFDD cannot occur inside entropy-coded data)
+        return None
+    at, interval, frame, last = 2, 0, None, None
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte
+            at += 1
+            continue
+        if marker == 0xD9:
+            break
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            at += 2
+            continue
+        length = int.from_bytes(data[at + 2: at + 4], "big")
+        segment = data[at + 4: at + 2 + length]
+        at += 2 + length
+        if marker in (0xC0, 0xC1, 0xC2) and len(segment) >= 6:
+            height, width, count = int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big"), segment[5]
+            frame = (height, width, {segment[6 + 3 * k]: (segment[7 + 3 * k] >> 4, segment[7 + 3 * k] & 15)
+                                     for k in range(count) if 7 + 3 * k < len(segment)})
+        elif marker == 0xDD and len(segment) >= 2:
+            interval = int.from_bytes(segment[:2], "big")
+        elif marker == 0xDA and segment:
+            components = [segment[1 + 2 * k] for k in range(segment[0]) if 1 + 2 * k < len(segment)]
+            markers = 0
+            while True:  # over the entropy-coded data: stuffed FF00 and restart markers belong to the scan
+                at = data.find(b"\xff", at)
+                if at < 0 or at + 1 >= len(data):
+                    at = len(data)
+                    break
+                following = data[at + 1]
+                if following in (0x00, 0xFF):
+                    at += 1 if following == 0xFF else 2
+                elif 0xD0 <= following <= 0xD7:
+                    markers += 1
+                    at += 2
+                else:
+                    break
+            last = (components, markers, interval)
+    if frame is None or last is None or not last[2]:
+        return None
+    height, width, sampling = frame
+    components, markers, interval = last
+    if not sampling or any(c not in sampling for c in components):
+        return None
+    h_max, v_max = max(h for h, _ in sampling.values()), max(v for _, v in sampling.values())
+    if len(components) == 1:  # a non-interleaved scan: one block per MCU
+        h, v = sampling[components[0]]
+        units = math.ceil(math.ceil(width * h / h_max) / 8) * math.ceil(math.ceil(height * v / v_max) / 8)
+    else:
+        units = math.ceil(width / (8 * h_max)) * math.ceil(height / (8 * v_max))
+    expected = math.ceil(units / interval) - 1
+    if markers < expected:
+        return (f"truncated JPEG (its last scan holds {markers} of {expected} restart markers: the scan data ends "
+                "early)")
+    return None
+
+
 def _decode_problem(path: str) -> tuple[str, str] | None:
     from kd_keras.data.preprocess import ImageReadError, decode_image
 
@@ -199,7 +262,7 @@ def _decode_problem(path: str) -> tuple[str, str] | None:
     if image.shape[0] < 1 or image.shape[1] < 1:
         return "bad_image", f"image has no pixels (shape {image.shape})"
     if data[:3] == b"\xff\xd8\xff":
-        problem = _jpeg_scan_problem(data)
+        problem = _jpeg_restart_problem(data) or _jpeg_scan_problem(data)
         if problem is not None:
             return "truncated", problem
     return None

@@ -86,6 +86,10 @@ def load_records(layout: str, path: str, image_dir: str | None = None, task: str
                                   abnormal_classes=abnormal_classes, ignored_classes=ignored_classes)
     if task == "auto":
         task = "referable_dr" if layout in ("eyepacs", "messidor") else ""
+    if layout == "folders" and not task and len(records.class_names) != 2:  # class folders are not DR grades
+        raise SimCLRError(f"--data {path}: study 003 needs a binary task, got the class folders "
+                          f"{list(records.class_names)}; leave folders out with --ignored-classes, or pass --task "
+                          "normal_vs_abnormal")
     try:
         if task:
             records = tasks.apply_task(records, task)
