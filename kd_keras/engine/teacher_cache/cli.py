@@ -123,6 +123,23 @@ def _one_line(error: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _saved_input_shape(path: str) -> tuple | None:
+    """The input shape (without the batch) a ``.keras`` file records in its ``config.json``, read without loading
+    the model; ``None`` when the file does not say (the build checks the loaded model again)."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+        layers = config["config"]["layers"]
+        first = next(layer for layer in layers if layer.get("class_name") == "InputLayer")["config"]
+        shape = first.get("batch_shape") or first.get("batch_input_shape")
+        return tuple(shape[1:]) if shape else None
+    except (OSError, KeyError, TypeError, ValueError, StopIteration, zipfile.BadZipFile):
+        return None
+
+
 def _check_paths(args: argparse.Namespace, merge: bool) -> None:
     """The teacher file, the pool, the output folder and the parts, before any work (one line naming each)."""
     from kd_keras.cli_checks import model_file_problem, output_folder
@@ -134,6 +151,12 @@ def _check_paths(args: argparse.Namespace, merge: bool) -> None:
         problem = "the teacher must be a .keras file"
     if problem:
         raise CacheError(args.teacher, f"cannot load the teacher (--teacher: {problem})")
+    shape = _saved_input_shape(args.teacher)
+    given = (*args.image_size, args.channels)
+    if shape is not None and len(shape) == 3 and any(
+            s is not None and s != g for s, g in zip(shape, given, strict=True)):
+        raise CacheError(args.teacher, f"teacher takes inputs of shape {tuple(shape)}, --image-size/--channels "
+                         f"give {given}; set them to the teacher's")
     if not Path(args.pool).is_dir():
         raise CacheError(args.pool, "--pool: no such folder")
     for part in getattr(args, "parts", ()) or ():
