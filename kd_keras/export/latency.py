@@ -55,7 +55,7 @@ import numpy as np
 from kd_keras.export.latency_report import best_files, best_table, conditions, markdown_table, plot, write_outputs
 
 __all__ = ["CPU_RUNTIMES", "PRECISIONS", "RUNTIME_SUFFIX", "LatencyResult", "benchmark", "best_files", "best_table",
-           "conditions", "default_runtimes", "file_precision", "markdown_table", "plot", "run_worker",
+           "conditions", "default_runtimes", "file_precision", "fit_images", "markdown_table", "plot", "run_worker",
            "smooth_images", "write_outputs"]
 
 CPU_RUNTIMES = ("keras", "litert", "onnxruntime")
@@ -286,7 +286,7 @@ def _prepare(target: str, runtimes: Sequence[str], precisions: Sequence[str], in
         return _file_target(path)
     from kd_keras.export.onnx_format import convert_onnx
     from kd_keras.export.onnx_quantize import onnx_fp16_available, quantize_onnx
-    from kd_keras.export.tflite import convert_tflite, saved_model_converter, write_saved_model
+    from kd_keras.export.tflite import convert_tflite, model_input_shape, saved_model_converter, write_saved_model
 
     if path.suffix == ".keras":
         from kd_keras.export.exporter import load_keras_model
@@ -301,6 +301,8 @@ def _prepare(target: str, runtimes: Sequence[str], precisions: Sequence[str], in
         keras_file = work_dir / f"{name}.keras"
         model.save(keras_file)
     from kd_keras.models.profile import count_macs, count_params
+
+    calibration_images = fit_images(calibration_images, model_input_shape(model))
 
     suffixes = {RUNTIME_SUFFIX[r] for r in runtimes}
     files: dict[tuple[str, str], Path] = {(".keras", "fp32"): keras_file}
@@ -327,13 +329,36 @@ def _prepare(target: str, runtimes: Sequence[str], precisions: Sequence[str], in
     return _Target(name, files, params=count_params(model), macs=count_macs(model), model=model)
 
 
+def fit_images(images: np.ndarray | None, shape: tuple[int, int, int]) -> np.ndarray | None:
+    """``images`` at a model's ``(H, W, C)``: resized (OpenCV area/bilinear), grey repeated to 3 channels or RGB
+    to BT.601 luma, so one image set calibrates and checks a teacher and students of other input shapes."""
+    if images is None or tuple(images.shape[1:]) == tuple(shape):
+        return images
+    import cv2
+
+    height, width, channels = shape
+    out = []
+    for image in np.asarray(images, dtype=np.float32):
+        if image.shape[:2] != (height, width):
+            shrink = image.shape[0] > height
+            image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            image = image.reshape(height, width, -1)
+        if image.shape[-1] == 1 and channels == 3:
+            image = np.repeat(image, 3, axis=-1)
+        elif image.shape[-1] == 3 and channels == 1:
+            image = image @ np.array([[0.299], [0.587], [0.114]], dtype=np.float32)
+        out.append(image)
+    return np.clip(np.stack(out), 0, 255).astype(np.float32)
+
+
 def _parity(prepared: _Target, parity_images, parity_labels, threshold, batch_size: int, threads) -> dict:
     """``(suffix, precision) -> ParityReport`` of every converted file against Keras on ``parity_images``."""
     from kd_keras.export.exporter import keras_logits_in_batches
     from kd_keras.export.onnx_format import OnnxRunner
     from kd_keras.export.parity import measure_parity
-    from kd_keras.export.tflite import LiteRTRunner
+    from kd_keras.export.tflite import LiteRTRunner, model_input_shape
 
+    parity_images = fit_images(parity_images, model_input_shape(prepared.model))
     keras_logits = keras_logits_in_batches(prepared.model, parity_images, batch_size)
     reports = {}
     for (suffix, precision), file in prepared.files.items():
