@@ -32,16 +32,9 @@ def _deployed(info: dict) -> dict:
     key = info.get("deployed_key") or info["student_teacher_key"] or info["baseline_key"]
     return next(r for r in info["runs"] if r["key"] == key)
 
-def export_stage(ctx: RunContext) -> dict[str, Any]:
-    """Each student's deployed model to every export variant, with parity on validation (+ training) images."""
-    from kd_keras.export import export_model
-    from kd_keras.export.exporter import variant_file
-    from kd_keras.export.parity import ExportParityError
-
+def _parity_and_calibration(ctx: RunContext, pre) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(parity images, their labels, int8 calibration images) of the export and latency stages."""
     config, data = ctx.config, ctx.data
-    students = {name: ctx.outputs[f"student-{name}"] for name in config.students}
-    pre = student_preprocess(config)
-    export_dir = ctx.out / "export"
     # Parity on the validation images, topped up with training images that int8 calibration does not see:
     # a 99% agreement gate on ~100 images would fail on one or two borderline flips.
     train_rows = np.random.default_rng(config.seed).permutation(len(data.train))
@@ -53,6 +46,20 @@ def export_stage(ctx: RunContext) -> dict[str, Any]:
         parity_records = Records.concat(data.validation, data.train.subset(np.sort(spare[:missing])))
     parity_images, parity_labels = _images(parity_records, config.parity_images, pre, config.seed)
     representative, _ = _images(data.train.subset(calibration), calibrate, pre, config.seed)
+    return parity_images, parity_labels, representative
+
+
+def export_stage(ctx: RunContext) -> dict[str, Any]:
+    """Each student's deployed model to every export variant, with parity on validation (+ training) images."""
+    from kd_keras.export import export_model
+    from kd_keras.export.exporter import variant_file
+    from kd_keras.export.parity import ExportParityError
+
+    config, data = ctx.config, ctx.data
+    students = {name: ctx.outputs[f"student-{name}"] for name in config.students}
+    pre = student_preprocess(config)
+    export_dir = ctx.out / "export"
+    parity_images, parity_labels, representative = _parity_and_calibration(ctx, pre)
     result = {}
     names = list(students)
     iterator = names
@@ -93,28 +100,41 @@ def export_stage(ctx: RunContext) -> dict[str, Any]:
 
 def latency_stage(ctx: RunContext) -> dict[str, Any]:
     """The teacher and each deployed student timed per volume in every runtime."""
-    from kd_keras.export.latency import benchmark, conditions
+    from kd_keras.export.latency import benchmark, best_files, conditions
 
     config = ctx.config
     teacher_path = ctx.outputs["teacher"]["path"]
     targets = [str(ctx.out / "models" / f"{name}.keras") for name in config.students]
+    # Every precision the study exports, in every runtime (ONNX int8: ONNX Runtime's static QDQ quantiser), each
+    # file checked against Keras on the export stage's parity images and calibrated on its training images.
+    precisions = tuple(dict.fromkeys(["fp32", *(v.removeprefix("tflite_") for v in config.export_variants
+                                                if v.startswith("tflite_"))]))
+    parity_images = parity_labels = calibration = None
+    if precisions != ("fp32",):
+        parity_images, parity_labels, calibration = _parity_and_calibration(ctx, student_preprocess(config))
     ctx.say(f"latency: {config.images_per_volume} images per volume, runtimes {list(config.latency_runtimes)}, "
-             f"{config.latency_threads} threads, median of {config.latency_repeats}")
-    measured = benchmark(targets, teacher=str(teacher_path), runtimes=config.latency_runtimes,
+             f"precisions {list(precisions)}, {config.latency_threads} threads, median of {config.latency_repeats}")
+    measured = benchmark(targets, teacher=str(teacher_path), runtimes=config.latency_runtimes, precisions=precisions,
                          num_images=config.images_per_volume, batch_size=config.latency_batch_size,
                          threads=config.latency_threads, warmup=1, repeats=config.latency_repeats,
-                         work_dir=ctx.out / "latency", progress=(lambda line: ctx.say("  " + line)))
+                         calibration_images=calibration, parity_images=parity_images, parity_labels=parity_labels,
+                         threshold=config.threshold, work_dir=ctx.out / "latency",
+                         progress=(lambda line: ctx.say("  " + line)))
     models: dict[str, dict] = {}
     for r in measured:
         entry = models.setdefault(r.model, {"params": r.params, "macs": r.macs, "seconds_per_volume": {},
-                                            "speedup": {}, "spread": {}, "errors": {}})
+                                            "speedup": {}, "spread": {}, "errors": {}, "parity_passed": {}})
+        key = r.runtime if r.precision == "fp32" else f"{r.runtime} {r.precision}"  # fp32 keeps the old keys
         if r.error:
-            entry["errors"][r.runtime] = r.error
+            entry["errors"][key] = r.error
             continue
-        entry["seconds_per_volume"][r.runtime] = r.median_s
-        entry["spread"][r.runtime] = {"min": r.min_s, "max": r.max_s, "iqr": r.iqr_s, "times": r.times_s}
+        entry["seconds_per_volume"][key] = r.median_s
+        entry["spread"][key] = {"min": r.min_s, "max": r.max_s, "iqr": r.iqr_s, "times": r.times_s}
+        entry["parity_passed"][key] = r.parity_passed
         if r.speedup:
-            entry["speedup"][r.runtime] = r.speedup
+            entry["speedup"][key] = r.speedup
+    for row in best_files(measured, str(teacher_path)):
+        models[row["model"]]["fastest"] = row
     primary = next((rt for rt in config.latency_runtimes
                     if all(rt in m["seconds_per_volume"] for m in models.values())), None)
     return {

@@ -135,13 +135,22 @@ def table_latency(results: dict) -> str:
         return "(latency not measured)"
     runtimes = sorted({rt for m in lat["models"].values() for rt in m["seconds_per_volume"]})
     headers = ["model", "parameters", "multiply-adds"] + [f"{rt} s/volume (speed-up)" for rt in runtimes]
+    fastest = any("fastest" in m for m in lat["models"].values())
+    if fastest:  # each model in its fastest file that passed parity, against the teacher in its own
+        headers.append("fastest passing file (speed-up over the teacher's fastest)")
     rows = []
     for name, m in lat["models"].items():
         row = [name, f"{m['params']:,}", f"{m['macs'] / 1e6:,.1f} M"]
         for rt in runtimes:
             t = m["seconds_per_volume"].get(rt)
             su = m.get("speedup", {}).get(rt)
-            row.append("-" if t is None else f"{t:.3f}" + (f" ({su:.2f}x)" if su else ""))
+            failed = (m.get("parity_passed") or {}).get(rt) is False
+            row.append("-" if t is None else f"{t:.3f}" + (f" ({su:.2f}x)" if su else "")
+                       + (" parity failed" if failed else ""))
+        if fastest:
+            best = m.get("fastest") or {}
+            row.append(f"{best['runtime']} {best['precision']} {best['median_s']:.3f} s"
+                       + (f" ({best['speedup']:.1f}x)" if best.get("speedup") else "") if best else "-")
         rows.append(row)
     return markdown_table(headers, rows)
 
