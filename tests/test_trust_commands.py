@@ -23,11 +23,15 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
+    return make_files(tmp_path_factory.mktemp("commands"))
+
+
+def make_files(root: Path) -> dict[str, Path]:
     """A saved 32x32x1 student, class-folder images, a pool, a garbage model file, an ordinary file, an empty
     folder and a path that cannot be created (read-only)."""
     from kd_keras.models import build_model
 
-    root = tmp_path_factory.mktemp("commands")
+    root.mkdir(parents=True, exist_ok=True)
     build_model("mobilenet_wd4", input_shape=(SIZE, SIZE, 1), num_classes=2).save(root / "model.keras")
     for cls in ("NORMAL", "CNV"):
         for i in range(4):
