@@ -171,3 +171,117 @@ def test_killed_mid_attention_training_resumes_to_the_same_numbers(smoke_run, tm
     skip = ("seconds", "path", "cache", "file", "started", "finished", "root", "run")
     assert numbers(a, skip) == numbers(b, skip)
     assert a["runs"][1]["log"]["curve"] == b["runs"][1]["log"]["curve"]
+
+
+# ---- 004 as the paper ran it: selection over all epochs, repetitions, sizes as counts, its augmentation -------
+
+
+def _records(patients: list[int]):
+    import numpy as np
+
+    from kd_keras.data.records import Records
+
+    n = len(patients)
+    return Records(paths=np.array([f"/x/{k}.png" for k in range(n)]), labels=np.arange(n) % 2,
+                   patients=np.array([f"p{p}" for p in patients]), class_names=("no", "yes"), task="binary")
+
+
+def test_training_sizes_as_counts_take_whole_patients_nested_and_refuse_too_many():
+    from kd_keras.studies.attention_stages import subset_of_size
+
+    train = _records([k // 3 for k in range(30)])  # 10 patients of 3 images
+    small, large = subset_of_size(train, 7, seed=0), subset_of_size(train, 20, seed=0)
+    assert (len(small), len(large)) == (7, 20)
+    assert set(small.paths) <= set(large.paths)  # the smaller set inside the larger one
+    counts = {p: list(small.patients).count(p) for p in set(small.patients)}
+    assert sorted(counts.values()) == [1, 3, 3]  # two whole patients and the last one cut to the count
+    with pytest.raises(study.StudyError, match="31 images asked for, but the training set holds 30"):
+        subset_of_size(train, 31, seed=0)
+
+
+def test_repetitions_get_their_own_stages_and_seeds():
+    from kd_keras.studies.attention_stages import run_key, student_stages
+
+    config = settings("--preset", "smoke", "--set", "repetitions=3", "--set", "train_sizes=[8, 4]",
+                      "--set", "betas=[1, 10]")
+    assert config.sizes() == (4, 8)  # counts replace the fractions, sorted
+    names = [s.name for s in student_stages(config)]
+    assert len(names) == len(set(names)) == 3 * 2 * 3  # repetitions x sizes x (TL + 2 betas)
+    assert names[:3] == ["n4-densenet40-tl", "n4-densenet40-at-beta1", "n4-densenet40-at-beta10"]
+    assert run_key(4, "densenet40", "tl", None, 2) == "n4-densenet40-tl-rep3" and names[-1].endswith("-rep3")
+    seeds = [s.run.__defaults__[0][4] for s in student_stages(config)]  # (size, name, method, beta, seed, rep)
+    groups = {(a[0], a[5]): a[4] for a in (s.run.__defaults__[0] for s in student_stages(config))}
+    assert len(set(groups.values())) == len(groups) == 6  # every (size, repetition) group has its own seed
+    assert len(seeds) == 18
+
+
+def test_repeated_summary_is_the_mean_and_sample_sd():
+    import numpy as np
+
+    from kd_keras.studies.attention_stages import repeated_summary
+
+    aucs = [0.7, 0.8, 0.9]
+    runs = [{"size": 5000, "fraction": None, "student": "densenet40", "method": "tl", "beta": None, "selected": True,
+             "repetition": r, "test": {"auc": {"estimate": a}}} for r, a in enumerate(aucs)]
+    runs.append({**runs[0], "selected": False, "test": {"auc": {"estimate": 0.1}}})  # not selected: left out
+    (row,) = repeated_summary(runs)
+    assert (row["size"], row["n"]) == (5000, 3)
+    assert row["auc"]["mean"] == pytest.approx(0.8) and row["auc"]["sd"] == pytest.approx(np.std(aucs, ddof=1))
+
+
+def test_selection_metric_and_paper_augmentation():
+    import keras
+    import numpy as np
+
+    from kd_keras.studies.attention_stages import _augmenter
+
+    paper = settings("--preset", "paper")
+    assert paper.monitor("multiclass") == "weighted_f1" and paper.monitor("multilabel") == "auc"
+    assert settings("--preset", "smoke").monitor("multiclass") == "auc"
+    assert paper.preprocess().geometry == "center_crop" and settings("--demo").preprocess().geometry == "resize"
+    layers = {type(layer).__name__: layer for layer in _augmenter(paper).layers}
+    assert set(layers) - {"ClipPixels"} == {"RandomFlip", "RandomRotation"}  # no shift, brightness, contrast
+    assert tuple(np.ravel(layers["RandomRotation"].factor)) in ((15 / 360,), (-15 / 360, 15 / 360))
+    assert layers["RandomFlip"].mode == "horizontal"
+    assert isinstance(_augmenter(paper), keras.Sequential)
+
+
+@pytest.mark.parametrize("setting,words", [("repetitions=0", "--repetitions"), ("train_sizes=[1]", "--train-sizes"),
+                                           ("validate_every=step", "--validate-every"),
+                                           ("selection_metric=f1", "--selection-metric"),
+                                           ("augmentation=heavy", "--augmentation")])
+def test_bad_paper_settings_are_one_line(setting, words, tmp_path, capsys):
+    assert main(["run", "attention", "--demo", "--set", setting, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_repeated_counted_run_selected_over_every_epoch_by_weighted_f1(tmp_path):
+    """The smoke run with 004's protocol switches: 2 repetitions, training sizes as counts, the best epoch of all
+    by weighted F1 (a multi-class task), the paper's augmentation; a size beyond the training set is refused."""
+    env = {**os.environ, "KD_KERAS_TINY": "1", "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    sets = ["repetitions=2", "train_sizes=[6]", "validate_every=epoch", "selection_metric=auto",
+            "augmentation=paper"]
+    argv = [sys.executable, "-m", "kd_keras", "run", "attention", "--demo", "--demo-task", "multiclass",
+            "--no-progress", *[a for s in sets for a in ("--set", s)]]
+    proc = subprocess.run([*argv, "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=900,
+                          env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    runs = results["runs"]
+    assert [(r["size"], r["method"], r["repetition"]) for r in runs] == [
+        (6, "tl", 0), (6, "at", 0), (6, "tl", 1), (6, "at", 1)]
+    for r in runs:
+        assert r["train"] == 6 and r["val_metric"] == "weighted_f1" and r["selected"]
+        assert [step for step, _ in r["log"]["curve"]] == [1, 2]  # one step per epoch, validated every epoch
+        assert r["val_auc"] == max(score for _, score in r["log"]["curve"])
+    (tl, at) = results["repeated"]
+    assert (tl["n"], at["n"]) == (2, 2) and tl["auc"]["values"] == [runs[0]["test"]["auc"]["estimate"],
+                                                                   runs[2]["test"]["auc"]["estimate"]]
+    assert "+-" in (tmp_path / "run" / "report.md").read_text()
+    too_many = subprocess.run([*argv[:-2], "--set", "train_sizes=[1000]", "--out", str(tmp_path / "big")],
+                              capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+    assert too_many.returncode == 2 and "--train-sizes: 1000 images asked for" in too_many.stderr
+    assert too_many.stderr.strip().count("\n") == 0

@@ -28,9 +28,9 @@ from kd_keras.studies.data_checks import KNOWN_ABNORMAL_CLASSES, check_data_sett
 if TYPE_CHECKING:
     import keras
 
-__all__ = ["ATTENTION_LAYERS", "DEMO_TASKS", "FLAGS", "LAYOUTS", "PAPER_BETAS", "PRESETS", "STUDENT_TAPS",
-           "TEACHER_TAP", "ATConfig", "StudyError",
-           "adjust_settings", "schedule"]
+__all__ = ["ATTENTION_LAYERS", "AUGMENTATIONS", "DEMO_TASKS", "FLAGS", "LAYOUTS", "PAPER_BETAS", "PAPER_TRAIN_SIZES",
+           "PRESETS", "SELECTION_METRICS", "STUDENT_TAPS", "TEACHER_TAP", "VALIDATE_EVERY", "ATConfig", "StudyError",
+           "adjust_settings", "schedule", "size_label"]
 
 TEACHER_TAP = "conv5_block16_2_conv"  # DenseNet-121: the last dense layer's 32-plane map (004 Fig. 2)
 STUDENT_TAPS = {"densenet121": TEACHER_TAP, "densenet40": "stage3"}
@@ -43,6 +43,25 @@ VARIANTS = ("paper", "zagoruyko")
 ATTENTION_LAYERS = {"last": "conv5_block16_2_conv", "second_last": "conv5_block15_2_conv"}
 # The beta values 004 reports as best (it searched 1..2000).
 PAPER_BETAS = (1.0, 20.0, 30.0, 50.0, 60.0, 100.0, 1000.0, 2000.0)
+# 004's Table II / Fig. 3: CheXpert training sets of 5k, 50k and all 178,352 images ("178k").
+PAPER_TRAIN_SIZES = (5000, 50000, 178000)
+# When the model is validated: "curve_points" (curve_points times per run) or "epoch" (every epoch: 004's "best AUC
+# performance on the validation sets across all epochs").
+VALIDATE_EVERY = ("curve_points", "epoch")
+# What selects the epoch and beta: "auto" is 004's (weighted F1 for the multi-class retina task, AUC otherwise).
+SELECTION_METRICS = ("auc", "weighted_f1", "auto")
+# "study": flip, +-5 degrees, shift, brightness, contrast; "paper": 004's centre crop, +-15 degrees, horizontal flip.
+AUGMENTATIONS = ("study", "paper")
+
+
+def size_label(size: float) -> str:
+    """A training-set size in stage and file names: ``f0.5`` (a fraction) or ``n5000`` (a count).
+
+    Example:
+        >>> size_label(0.5), size_label(5000)
+        ('f0.5', 'n5000')
+    """
+    return f"n{int(size)}" if isinstance(size, int) else f"f{size:g}"
 
 
 class StudyError(RunError):
@@ -72,11 +91,23 @@ class ATConfig(ScaleSettings):
         student_weights: imagenet or none (DenseNet-40 takes DenseNet-121's first blocks).
         betas: the grid of beta (1/beta weighs L_AT; the paper searched 1..2000), chosen by validation AUC.
         train_fractions: the training-set-size sweep, fractions of the training patients.
+        train_sizes: the sweep as image counts instead (004: 5,000, 50,000 and 178,000 CheXpert images); when
+            given it replaces ``train_fractions``; each size takes whole patients in one seeded order (the smaller
+            sets inside the larger ones; the last patient cut to the count) and a size larger than the training
+            set is refused. Validation and test sets stay the same for every size.
+        repetitions: runs of every (size, student, method, beta) with different seeds (004: three); beta is
+            chosen by the mean validation score and the report gives the mean and spread of the test AUC.
         epochs: epochs of every student run (the best by validation AUC is kept; paper: at most 128).
         batch_size: examples per batch (paper: 32).
         learning_rate: Adam's first learning rate (paper: 5e-5).
         halve_every_epochs: the learning rate is halved every this many epochs (paper: 16).
         variant: L_AT as the paper (per-plane, eq. 1) or zagoruyko (the authors' code).
+        validate_every: ``curve_points`` (validate ``curve_points`` times per run) or ``epoch`` (every epoch, the
+            best over all epochs kept, as 004).
+        selection_metric: the validation score that picks the epoch and beta: ``auc``, ``weighted_f1`` or
+            ``auto`` (004: weighted F1 for a multi-class task such as DR grades, AUC otherwise).
+        augmentation: ``study`` (horizontal flip, +-5 degrees, small shift, brightness and contrast) or ``paper``
+            (004: the centred square crop before the resize, +-15 degrees, horizontal flip).
         attention_layer: the DenseNet-121 layer whose attention map is transferred: ``last`` (our reading of
             "one layer before the last layer of the last dense block": ``conv5_block16_2_conv``) or
             ``second_last`` (``conv5_block15_2_conv``).
@@ -113,12 +144,17 @@ class ATConfig(ScaleSettings):
     student_weights: str = "imagenet"
     betas: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0)
     train_fractions: tuple[float, ...] = (0.1, 0.5, 1.0)
+    train_sizes: tuple[int, ...] = ()
+    repetitions: int = 1
     epochs: int = 128
     batch_size: int = 32
     learning_rate: float = 5e-5
     halve_every_epochs: int = 16
     variant: str = "paper"
     attention_layer: str = "last"
+    validate_every: str = "curve_points"
+    selection_metric: str = "auc"
+    augmentation: str = "study"
     bn_recalibration_batches: int = 5
     curve_points: int = 16
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
@@ -153,6 +189,15 @@ class ATConfig(ScaleSettings):
              f"--betas must be positive numbers, got {list(self.betas)}"),
             (bool(self.train_fractions) and all(0 < f <= 1 for f in self.train_fractions),
              f"--train-fractions must be in (0, 1], got {list(self.train_fractions)}"),
+            (all(n >= 2 for n in self.train_sizes), f"--train-sizes must be image counts >= 2, got "
+             f"{list(self.train_sizes)}"),
+            (self.repetitions >= 1, f"--repetitions must be >= 1, got {self.repetitions}"),
+            (self.validate_every in VALIDATE_EVERY,
+             f"--validate-every must be one of {VALIDATE_EVERY}, got {self.validate_every!r}"),
+            (self.selection_metric in SELECTION_METRICS,
+             f"--selection-metric must be one of {SELECTION_METRICS}, got {self.selection_metric!r}"),
+            (self.augmentation in AUGMENTATIONS,
+             f"--augmentation must be one of {AUGMENTATIONS}, got {self.augmentation!r}"),
             (self.epochs >= 1 and self.batch_size >= 1 and self.halve_every_epochs >= 1,
              "--epochs, --batch-size and --halve-every-epochs must be >= 1, got "
              f"{self.epochs}, {self.batch_size}, {self.halve_every_epochs}"),
@@ -171,7 +216,25 @@ class ATConfig(ScaleSettings):
         for ok, message in checks:
             if not ok:
                 raise StudyError(message)
+        self.train_sizes = tuple(sorted(dict.fromkeys(int(n) for n in self.train_sizes)))
         check_data_settings(self, StudyError)
+
+    def sizes(self) -> tuple[float, ...]:
+        """The training-set sizes of the sweep: ``train_sizes`` (ints, image counts) when given, else
+        ``train_fractions`` (floats)."""
+        return tuple(self.train_sizes) if self.train_sizes else tuple(float(f) for f in self.train_fractions)
+
+    def monitor(self, task: str) -> str:
+        """The validation score of a ``task`` (``multiclass``, ``binary``, ``multilabel``) under
+        ``selection_metric``.
+
+        Example:
+            >>> ATConfig(selection_metric="auto").monitor("multiclass")
+            'weighted_f1'
+        """
+        if self.selection_metric == "auto":
+            return "weighted_f1" if task == "multiclass" else "auc"
+        return self.selection_metric
 
     @property
     def teacher_weights_arg(self) -> str | None:
@@ -197,7 +260,7 @@ class ATConfig(ScaleSettings):
         from kd_keras.data.preprocess import PreprocessConfig
 
         return PreprocessConfig(image_size=(self.image_size, self.image_size), channels=self.channels,
-                                clahe=self.clahe)
+                                clahe=self.clahe, geometry="center_crop" if self.augmentation == "paper" else "resize")
 
 
 def schedule(config: ATConfig, steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
@@ -217,12 +280,14 @@ def schedule(config: ATConfig, steps_per_epoch: int) -> keras.optimizers.schedul
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Study 004 as published (the table in docs/paper_presets.md): ImageNet DenseNet-121 teacher, DenseNet-121
-    # and DenseNet-40 students, 256 px, Adam 5e-5 halved every 16 epochs, batch 32, at most 128 epochs, the betas
-    # it reports as best, no BatchNorm recalibration.
+    # and DenseNet-40 students, 256 px centre-cropped, +-15 degrees and flips, Adam 5e-5 halved every 16 epochs,
+    # batch 32, at most 128 epochs with the best validation score over all epochs, three repetitions, 5k/50k/178k
+    # training images, the betas it reports as best, no BatchNorm recalibration.
     "paper": dict(image_size=256, channels=3, teacher_weights="imagenet", students=("densenet121", "densenet40"),
                   student_weights="imagenet", betas=PAPER_BETAS, epochs=128, batch_size=32, learning_rate=5e-5,
                   halve_every_epochs=16, variant="paper", attention_layer="last", uncertain="zeros",
-                  bn_recalibration_batches=0),
+                  bn_recalibration_batches=0, train_sizes=PAPER_TRAIN_SIZES, repetitions=3, validate_every="epoch",
+                  selection_metric="auto", augmentation="paper"),
     # `--demo`: synthetic fundus photographs (60 patients), a teacher trained here from scratch (no ImageNet
     # offline) and a larger learning rate than the paper's 5e-5 (few epochs). DenseNet-40 only: each DenseNet-121
     # student run took about 90 s on 2 cores (DenseNet-40: 45 s), so both would need about 16 minutes;

@@ -23,45 +23,73 @@ from typing import Any
 from kd_keras.engine.predict import estimate
 from kd_keras.evaluation.report import batch_norm_sentence, format_ci, markdown_table
 
-__all__ = ["plot_curves", "plot_sizes", "report_text", "selected", "summary_lines", "table_betas", "table_sizes",
-           "write_report"]
+__all__ = ["plot_curves", "plot_sizes", "report_text", "selected", "sizes", "summary_lines", "table_betas",
+           "table_sizes", "write_report"]
 
 
-def selected(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """The runs whose test results are reported: TL and the AT run with the beta chosen on validation."""
-    return [r for r in results["runs"] if r.get("selected")]
+def selected(results: dict[str, Any], repetition: int | None = 0) -> list[dict[str, Any]]:
+    """The runs whose test results are reported: TL and the AT run with the beta chosen on validation (of one
+    repetition; ``None``: of every repetition)."""
+    return [r for r in results["runs"] if r.get("selected")
+            and (repetition is None or r.get("repetition", 0) == repetition)]
+
+
+def sizes(results: dict[str, Any]) -> list[float]:
+    """The training-set sizes of the sweep: ``train_sizes`` (image counts) or ``train_fractions``."""
+    config = results["config"]
+    return list(config.get("train_sizes") or config["train_fractions"])
+
+
+def _size(run: dict[str, Any]) -> float:
+    return run.get("size", run.get("fraction"))
+
+
+def _mean_sd(results: dict[str, Any], size: float, student: str, method: str) -> str | None:
+    """``mean +- SD (n=k)`` of the test AUC (%) over the repetitions, or ``None`` for a single repetition."""
+    row = next((r for r in results.get("repeated", []) if r["size"] == size and r["student"] == student
+                and r["method"] == method), None)
+    if row is None or row["n"] < 2 or "auc" not in row:
+        return None
+    return f"{100 * row['auc']['mean']:.2f} +- {100 * row['auc']['sd']:.2f} (n={row['n']})"
 
 
 def table_sizes(results: dict[str, Any]) -> str:
-    """Table IV/V-like: test AUC [95% CI] per training size, student and method (TL; AT with the chosen beta)."""
+    """Table IV/V-like: test AUC [95% CI] per training size, student and method (TL; AT with the chosen beta);
+    with repetitions, the mean +- SD of the repetitions' test AUC (the first repetition's CI is not shown)."""
     config = results["config"]
     headers = ["train images"]
     for s in config["students"]:
         headers += [f"{s} TL", f"{s} AT (beta)"]
     rows = []
-    for fraction in config["train_fractions"]:
-        runs = [r for r in selected(results) if r["fraction"] == fraction]
+    for size in sizes(results):
+        runs = [r for r in selected(results) if _size(r) == size]
         row = [str(runs[0]["train"]) if runs else "?"]
         for s in config["students"]:
             tl = next((r for r in runs if r["student"] == s and r["method"] == "tl"), None)
             at = next((r for r in runs if r["student"] == s and r["method"] == "at"), None)
-            row.append(format_ci(tl["test"]["auc"]) if tl else "-")
-            row.append(f"{format_ci(at['test']['auc'])} ({at['beta']:g})" if at else "-")
+            tl_text = _mean_sd(results, size, s, "tl") or (format_ci(tl["test"]["auc"]) if tl else None)
+            at_text = _mean_sd(results, size, s, "at") or (format_ci(at["test"]["auc"]) if at else None)
+            row.append(tl_text or "-")
+            row.append(f"{at_text} ({at['beta']:g})" if at else "-")
         rows.append(row)
     return markdown_table(headers, rows)
 
 
 def table_betas(results: dict[str, Any]) -> str:
-    """Validation AUC (best epoch) of every beta of the grid, per size and student."""
+    """The best validation score of every beta of the grid (its mean over the repetitions), per size and
+    student."""
     config = results["config"]
     headers = ["train images", "student", "TL", *[f"beta={b:g}" for b in config["betas"]]]
     rows = []
-    for fraction in config["train_fractions"]:
+    for size in sizes(results):
         for s in config["students"]:
-            runs = [r for r in results["runs"] if r["fraction"] == fraction and r["student"] == s]
+            runs = [r for r in results["runs"] if _size(r) == size and r["student"] == s]
             if not runs:
                 continue
-            cells = {("tl" if r["method"] == "tl" else r["beta"]): r["val_auc"] for r in runs}
+            scores: dict[Any, list[float]] = {}
+            for r in runs:
+                scores.setdefault("tl" if r["method"] == "tl" else r["beta"], []).append(r["val_auc"])
+            cells = {k: sum(v) / len(v) for k, v in scores.items()}
             rows.append([runs[0]["train"], s, f"{100 * cells['tl']:.2f}",
                          *[f"{100 * cells[b]:.2f}" if b in cells else "-" for b in config["betas"]]])
     return markdown_table(headers, rows)
@@ -81,22 +109,29 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path:
     plt = _pyplot()
     config = results["config"]
     students = config["students"]
-    fraction = min(config["train_fractions"])
+    fraction = min(sizes(results))
     fig, axes = plt.subplots(1, len(students), figsize=(5 * len(students), 4), squeeze=False)
     for ax, s in zip(axes[0], students, strict=True):
         for r in selected(results):
-            if r["fraction"] == fraction and r["student"] == s:
+            if _size(r) == fraction and r["student"] == s:
                 steps, aucs = zip(*r["log"]["curve"], strict=True) if r["log"]["curve"] else ((), ())
                 label = "TL" if r["method"] == "tl" else f"AT (beta={r['beta']:g})"
                 ax.plot(steps, aucs, marker=".", label=label)
         ax.set_xlabel("training step")
-        ax.set_ylabel("validation AUC")
-        ax.set_title(f"{s}, {fraction:g} of the training set")
+        ax.set_ylabel(f"validation {_metric(results)}")
+        ax.set_title(f"{s}, {fraction} training images" if isinstance(fraction, int)
+                     else f"{s}, {fraction:g} of the training set")
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _metric(results: dict[str, Any]) -> str:
+    """The validation score the runs were selected by (``val_metric`` of the runs; AUC for older results)."""
+    metric = next((r["val_metric"] for r in results["runs"] if "val_metric" in r), "auc")
+    return {"auc": "AUC", "weighted_f1": "weighted F1"}.get(metric, metric)
 
 
 def plot_sizes(results: dict[str, Any], path: Path) -> Path:
@@ -130,15 +165,17 @@ def report_text(results: dict[str, Any]) -> str:
         f"{config['teacher_weights'] if config['teacher_weights'] != 'none' else 'random'}, fine-tuned here for "
         f"{config['teacher_epochs']} epochs (test AUC {format_ci(results['teacher']['test']['auc'])}); students "
         f"{', '.join(config['students'])}; Adam {config['learning_rate']:g} halved every "
-        f"{config['halve_every_epochs']} epochs, {config['epochs']} epochs, best epoch by validation AUC; L_AT "
-        f"variant '{config['variant']}'.",
+        f"{config['halve_every_epochs']} epochs, {config['epochs']} epochs, best "
+        f"{'epoch' if config.get('validate_every') == 'epoch' else 'validation point'} by validation "
+        f"{_metric(results)}; L_AT variant '{config['variant']}'; {config.get('repetitions', 1)} repetition(s); "
+        f"augmentation '{config.get('augmentation', 'study')}'.",
         batch_norm_sentence(config["bn_recalibration_batches"]),
         "",
         "## Test AUC (%) [95% CI] by training-set size (AT: beta chosen on validation)",
         "",
         table_sizes(results),
         "",
-        "## Beta grid: best validation AUC (%)",
+        f"## Beta grid: best validation {_metric(results)} (%)",
         "",
         table_betas(results),
         "",

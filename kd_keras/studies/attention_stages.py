@@ -20,13 +20,13 @@ import numpy as np
 
 from kd_keras.data.records import Records
 from kd_keras.runner import RunContext, Stage
-from kd_keras.studies.attention_config import ATConfig, StudyError, schedule
+from kd_keras.studies.attention_config import ATConfig, StudyError, schedule, size_label
 
 if TYPE_CHECKING:
     from kd_keras.studies.data_checks import DataChecks
 
 __all__ = ["ATData", "curves_stage", "demo_records", "evaluation_stage", "load_labeled", "overfitting_delay",
-           "prepare_data", "run_key", "student_stages", "teacher_stage"]
+           "prepare_data", "repeated_summary", "run_key", "student_stages", "subset_of_size", "teacher_stage"]
 
 # Old runs used the stage adapter's defaults: BatchNorm statistics from 5 training batches, no training metrics.
 BN_BATCHES = 5  # the default of ATConfig.bn_recalibration_batches (the demos)
@@ -37,7 +37,8 @@ BN_BATCHES = 5  # the default of ATConfig.bn_recalibration_batches (the demos)
 
 @dataclass
 class ATData:
-    """The run's records: everything, the patient-level split and each training-set size's subset."""
+    """The run's records: everything, the patient-level split and each training-set size's subset (keyed by the
+    size: a fraction, or an image count with ``train_sizes``)."""
 
     records: Records
     train: Records
@@ -113,10 +114,29 @@ def prepare_data(ctx: RunContext) -> ATData:
                     pool=None, tests=["test set 'test'"])
     checks.finish()
     data = ATData(records, parts["train"], parts["val"], parts["test"], checks=checks)
-    for fraction in config.train_fractions:
+    for size in config.train_sizes:
+        data.trains[size] = subset_of_size(data.train, size, config.seed)
+    for fraction in () if config.train_sizes else config.train_fractions:
         data.trains[fraction] = data.train if fraction >= 1.0 else split_by_patient(
             data.train, fractions=(fraction, 1.0 - fraction), names=("keep", "rest"), seed=config.seed)["keep"]
     return data
+
+
+def subset_of_size(train: Records, size: int, seed: int) -> Records:
+    """``size`` training images, whole patients in one seeded order (the last one cut to the count), so a smaller
+    size is inside a larger one; a size larger than ``train`` is refused with one line.
+
+    Example:
+        >>> subset_of_size(train, 5000, seed=0)  # 004's CheXpert_5k
+    """
+    if size > len(train):
+        raise StudyError(f"--train-sizes: {size} images asked for, but the training set holds {len(train)} after the "
+                         f"patient-level split (validation and test held out); give smaller sizes or "
+                         f"--train-fractions")
+    patients = np.unique(train.patients)
+    rank = dict(zip(np.random.default_rng(seed).permutation(patients), range(len(patients)), strict=True))
+    order = np.argsort([rank[p] for p in train.patients], kind="stable")
+    return train.subset(np.sort(order[:size]))
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -125,6 +145,9 @@ def prepare_data(ctx: RunContext) -> ATData:
 def _augmenter(config: ATConfig):
     from kd_keras.data.augment import build_augmenter
 
+    if config.augmentation == "paper":  # 004: +-15 degrees, horizontal flip (the centre crop is preprocessing)
+        return build_augmenter(flip="horizontal", rotation_degrees=15.0, vertical_shift=0.0, brightness=0.0,
+                               contrast=0.0, seed=config.seed)
     return build_augmenter(flip="horizontal", rotation_degrees=5.0, vertical_shift=0.05, brightness=0.05,
                            contrast=0.05, seed=config.seed)
 
@@ -194,7 +217,7 @@ def teacher_stage(ctx: RunContext) -> dict[str, Any]:
         objective = {"name": "hard_label", "task": head.loss_task}
         result = train(teacher, _make_stream(data.train, config, config.seed), epochs=config.teacher_epochs,
                        learning_rate=config.teacher_lr, objective=objective,
-                       validation=make_score_fn(data.val, config.preprocess(), "auc"),
+                       validation=make_score_fn(data.val, config.preprocess(), config.monitor(data.records.task)),
                        bn_batches=config.bn_recalibration_batches, metrics=None, directory=ctx.run_dir("teacher"))
         teacher, log = result.model, _log(result, objective, config.teacher_epochs)
     path = ctx.path("models", "teacher_densenet121.keras")
@@ -204,14 +227,17 @@ def teacher_stage(ctx: RunContext) -> dict[str, Any]:
     return {"path": str(path), "log": log, "test": test}
 
 
-def run_key(fraction: float, student: str, method: str, beta: float | None) -> str:
-    """The stage name of one student run, e.g. ``f0.5-densenet40-at-beta100``."""
-    return f"f{fraction:g}-{student}-" + ("tl" if method == "tl" else f"at-beta{beta:g}")
+def run_key(fraction: float, student: str, method: str, beta: float | None, repetition: int = 0) -> str:
+    """The stage name of one student run, e.g. ``f0.5-densenet40-at-beta100``, ``n5000-densenet40-tl-rep2`` (the
+    first repetition has no suffix)."""
+    return (f"{size_label(fraction)}-{student}-" + ("tl" if method == "tl" else f"at-beta{beta:g}")
+            + (f"-rep{repetition + 1}" if repetition else ""))
 
 
 def _student_run(ctx: RunContext, fraction: float, name: str, method: str, beta: float | None,
-                 seed: int) -> dict[str, Any]:
-    """One student run: ``method`` ``"tl"`` (CE) or ``"at"`` (CE + L_AT/beta); best by validation AUC."""
+                 seed: int, repetition: int = 0) -> dict[str, Any]:
+    """One student run: ``method`` ``"tl"`` (CE) or ``"at"`` (CE + L_AT/beta); the best validation score kept
+    (``selection_metric``, every epoch or ``curve_points`` times)."""
     import keras
 
     from kd_keras.engine import make_score_fn, seed_everything, train
@@ -220,7 +246,7 @@ def _student_run(ctx: RunContext, fraction: float, name: str, method: str, beta:
     config: ATConfig = ctx.config
     data: ATData = ctx.data
     train_records = data.trains[fraction]
-    key = run_key(fraction, name, method, beta)
+    key = run_key(fraction, name, method, beta, repetition)
     teacher = _teacher(ctx) if method == "at" else None
     seed_everything(seed)
     head = _head(train_records)
@@ -239,58 +265,102 @@ def _student_run(ctx: RunContext, fraction: float, name: str, method: str, beta:
                      "teacher_taps": [teacher_tap], "beta": beta, "variant": config.variant, "task": head.loss_task}
     steps = math.ceil(len(train_records) / config.batch_size)
     total = steps * config.epochs
+    every = 0 if config.validate_every == "epoch" else max(1, total // max(1, config.curve_points))
+    monitor = config.monitor(train_records.task)
     result = train(student, _make_stream(train_records, config, seed), epochs=config.epochs,
                    learning_rate=schedule(config, steps), objective=objective, teacher=teacher,
-                   validation=make_score_fn(data.val, config.preprocess(), "auc"),
-                   validate_every_steps=max(1, total // max(1, config.curve_points)),
+                   validation=make_score_fn(data.val, config.preprocess(), monitor), validate_every_steps=every,
                    bn_batches=config.bn_recalibration_batches, metrics=None, directory=ctx.run_dir(key))
     log = _log(result, objective, config.epochs)
     path = ctx.path("models", "runs", f"{key}.keras")
     result.model.save(path)
-    ctx.say(f"size {len(train_records):5d} {name:11s} {method} beta={beta} val AUC {log['best_score']:.3f}")
+    ctx.say(f"size {len(train_records):5d} {name:11s} {method} beta={beta} rep {repetition + 1} val {monitor} "
+            f"{log['best_score']:.3f}")
     keras.backend.clear_session()
     ctx.state.pop("teacher", None)  # rebuilt after clear_session
-    return {"fraction": fraction, "train": len(train_records), "student": name, "method": method, "beta": beta,
-            "val_auc": log["best_score"], "log": log, "path": str(path)}
+    # "val_auc" is the selection score (AUC, or weighted F1 with selection_metric; "val_metric" says which).
+    return {"fraction": None if isinstance(fraction, int) else fraction, "size": fraction,
+            "train": len(train_records), "student": name, "method": method, "beta": beta, "repetition": repetition,
+            "val_auc": log["best_score"], "val_metric": monitor, "log": log, "path": str(path)}
 
 
 def student_stages(config: ATConfig) -> list[Stage]:
-    """One stage per training-set size, student and method (TL, then AT per beta), in the study's order; each
-    group of runs (one size and student) shares one seed, ``seed + the number of runs before the group``."""
+    """One stage per repetition, training-set size, student and method (TL, then AT per beta), in the study's
+    order; each group of runs (one size and student) shares one seed, ``seed + the number of runs before the
+    group``, and repetition ``r`` adds ``r`` times the number of runs of one repetition."""
     stages = []
     runs = [("tl", None)] + [("at", beta) for beta in config.betas]
-    for f_index, fraction in enumerate(config.train_fractions):
-        for s_index, name in enumerate(config.students):
-            seed = config.seed + (f_index * len(config.students) + s_index) * len(runs)
-            for method, beta in runs:
-                stages.append(Stage(run_key(fraction, name, method, beta),
-                                    lambda ctx, a=(fraction, name, method, beta, seed): _student_run(ctx, *a)))
+    sizes = config.sizes()
+    per_repetition = len(sizes) * len(config.students) * len(runs)
+    for repetition in range(config.repetitions):
+        for f_index, fraction in enumerate(sizes):
+            for s_index, name in enumerate(config.students):
+                seed = (config.seed + (f_index * len(config.students) + s_index) * len(runs)
+                        + repetition * per_repetition)
+                for method, beta in runs:
+                    args = (fraction, name, method, beta, seed, repetition)
+                    stages.append(Stage(run_key(fraction, name, method, beta, repetition),
+                                        lambda ctx, a=args: _student_run(ctx, *a)))
     return stages
 
 
 def evaluation_stage(ctx: RunContext) -> dict[str, Any]:
-    """Per size and student: the beta with the best validation AUC; TL and that AT run on the test set (their
-    models copied to ``models/<student>_<method>_f<fraction>.keras``)."""
+    """Per size and student: the beta with the best validation score (its mean over the repetitions); TL and that
+    AT run of every repetition on the test set (their models copied to
+    ``models/<student>_<method>_<size>[_rep<r>].keras``); with repetitions, the mean and spread of each test
+    metric (:func:`repeated_summary`)."""
     from kd_keras.engine import evaluate_model
     from kd_keras.models import load_model
 
     config: ATConfig = ctx.config
     runs = []
-    for fraction in config.train_fractions:
+    for fraction in config.sizes():
         for name in config.students:
-            done = [ctx.outputs[run_key(fraction, name, "tl", None)]]
-            done += [ctx.outputs[run_key(fraction, name, "at", beta)] for beta in config.betas]
-            best_at = max((e for e in done if e["method"] == "at"), key=lambda e: e["val_auc"], default=None)
+            done = [ctx.outputs[run_key(fraction, name, method, beta, r)] for r in range(config.repetitions)
+                    for method, beta in [("tl", None)] + [("at", b) for b in config.betas]]
+            mean_val = {b: float(np.mean([e["val_auc"] for e in done if e["beta"] == b])) for b in config.betas}
+            best_beta = max(config.betas, key=lambda b: mean_val[b])  # ties keep the first of the grid
             for entry in done:
                 entry = {k: v for k, v in entry.items() if k != "path"}
-                entry["selected"] = entry["method"] == "tl" or entry["beta"] == best_at["beta"]
+                entry["selected"] = entry["method"] == "tl" or entry["beta"] == best_beta
                 if entry["selected"]:
-                    source = ctx.outputs[run_key(fraction, name, entry["method"], entry["beta"])]["path"]
+                    rep = entry.get("repetition", 0)
+                    source = ctx.outputs[run_key(fraction, name, entry["method"], entry["beta"], rep)]["path"]
                     entry["test"] = evaluate_model(load_model(source), ctx.data.test, config.preprocess(),
                                                    n_boot=config.n_boot)
-                    shutil.copyfile(source, ctx.path("models", f"{name}_{entry['method']}_f{fraction:g}.keras"))
+                    suffix = f"_rep{rep + 1}" if rep else ""
+                    shutil.copyfile(source, ctx.path("models", f"{name}_{entry['method']}_{size_label(fraction)}"
+                                                                f"{suffix}.keras"))
                 runs.append(entry)
-    return {"runs": runs}
+    return {"runs": runs, "repeated": repeated_summary(runs)}
+
+
+def repeated_summary(runs: list[dict]) -> list[dict[str, Any]]:
+    """Per (size, student, method) of the selected runs: the mean, sample SD and count over the repetitions of
+    each test metric's point estimate (AUC; accuracy and weighted F1 where the task has them).
+
+    Example:
+        >>> repeated_summary(evaluation["runs"])[0]
+        {'size': 0.5, 'student': 'densenet40', 'method': 'tl', 'beta': None, 'n': 3, 'auc': {'mean': 0.81, ...}}
+    """
+    from kd_keras.engine.predict import estimate
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if r.get("selected") and "test" in r:
+            groups.setdefault((r.get("size", r["fraction"]), r["student"], r["method"]), []).append(r)
+    summary = []
+    for (size, student, method), members in groups.items():
+        row: dict[str, Any] = {"size": size, "student": student, "method": method, "beta": members[0]["beta"],
+                               "n": len(members)}
+        for metric in ("auc", "accuracy", "weighted_f1"):
+            values = np.array([estimate(m["test"], metric) for m in members], float)
+            if np.isfinite(values).all():
+                row[metric] = {"mean": float(values.mean()),
+                               "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                               "values": values.tolist()}
+        summary.append(row)
+    return summary
 
 
 def overfitting_delay(runs: list[dict]) -> dict[str, Any]:
@@ -303,7 +373,8 @@ def overfitting_delay(runs: list[dict]) -> dict[str, Any]:
             continue
         aucs = np.array([a for _, a in curve], dtype=float)
         best = int(np.argmax(aucs))
-        out[f"{r['student']}/{r['method']}/f{r['fraction']:g}"] = {
+        rep = f"/rep{r['repetition'] + 1}" if r.get("repetition") else ""
+        out[f"{r['student']}/{r['method']}/{size_label(r.get('size', r['fraction']))}{rep}"] = {
             "best_step": int(curve[best][0]), "drop_after_best": float(aucs[best] - aucs[-1]),
             "sd_second_half": float(np.std(aucs[len(aucs) // 2:])),
         }

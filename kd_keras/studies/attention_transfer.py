@@ -75,8 +75,9 @@ __all__ = ["PRESETS", "STUDENT_TAPS", "STUDY", "TEACHER_TAP", "ATConfig", "ATDat
 
 class AttentionStudy(Study):
     """Study 004 for the runner: data, teacher, student runs (TL and AT per beta and size), evaluation, curves.
-    ``--preset paper`` runs 004 as published (docs/paper_presets.md: 8 betas x 2 students x the size sweep, up to
-    128 epochs at 256 px on CheXpert-sized data via --data): years on this 2-core CPU, weeks on one GPU."""
+    ``--preset paper`` runs 004 as published (docs/paper_presets.md: 8 betas x 2 students x 5k/50k/178k training
+    images x 3 repetitions, up to 128 epochs at 256 px on CheXpert-sized data via --data): years on this 2-core
+    CPU, weeks on one GPU."""
 
     name = "attention"
     title = "004 attention transfer teacher-student"
@@ -131,6 +132,7 @@ class AttentionStudy(Study):
             "split": {"train": len(data.train), "val": len(data.val), "test": len(data.test)},
             "teacher": {"log": teacher["log"], "test": teacher["test"], "path": teacher["path"]},
             "runs": ctx.outputs["evaluation"]["runs"],
+            "repeated": ctx.outputs["evaluation"].get("repeated", []),
             "overfitting": ctx.outputs["curves"]["overfitting"],
             "timing_seconds": dict(ctx.timing),
         }
