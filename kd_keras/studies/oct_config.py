@@ -82,9 +82,10 @@ class OCTStudyConfig(ScaleSettings):
         duplicate_labels: one image (identical bytes) in two class folders: ``"refuse"`` (default), ``"keep"``
             every copy with its folder's label, or ``"drop"`` every copy; shown on screen and in the report.
         file_check: how every labeled, pool and test file is checked before training: ``"header"`` (signature
-            and the JPEG/PNG end marker: catches empty, non-image and truncated files; ~0.05 s per 1,000
-            B-scans) or ``"decode"`` (decodes each image too: also corrupt data inside a complete file; ~2 s
-            per 1,000 496x512 B-scans on one core). Bad files are left out and reported.
+            and the JPEG/PNG end structure: catches empty, non-image and truncated files, and PNGs cut and given
+            a new end; ~0.1 s per 1,000 B-scans) or ``"decode"`` (decodes each image too: also corrupt data inside
+            a complete file, and JPEGs cut mid-scan and given a new end marker; ~5 s per 1,000 496x512 B-scans on
+            2 cores). Bad files are left out and reported.
         task: ``"binary"`` (002: normal vs abnormal, every abnormal class folder merged) or ``"multiclass"`` (one
             class per folder: OCT2017's CNV, DME, DRUSEN, NORMAL; per-class sensitivity and specificity, macro
             AUC and the confusion matrix in the report).
