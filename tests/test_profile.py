@@ -146,3 +146,50 @@ def test_profile_zoo_row_counts_match_model():
     (row,) = profile_zoo(size=64, channels=3, classes=10, names=["vgg16_d4"])
     model = build_model("vgg16_d4", input_shape=(64, 64, 3), num_classes=10)
     assert (row.params, row.macs, row.role, row.family) == (count_params(model), count_macs(model), "student", "vgg")
+
+
+# --- Per-operator time of exported files (kd_keras.export.profile, issue 20) ---
+
+
+def test_onnx_profile_events_are_summed_by_op_type_and_node():
+    from kd_keras.export.profile import aggregate_onnx_events, op_table
+
+    events = [
+        {"cat": "Node", "name": "conv1_kernel_time", "dur": 3000, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "conv1_fence_before", "dur": 999, "args": {"op_name": "Conv"}},  # not a kernel
+        {"cat": "Node", "name": "conv2_kernel_time", "dur": 1000, "args": {"op_name": "Conv"}},
+        {"cat": "Node", "name": "t1_kernel_time", "dur": 4000, "args": {"op_name": "Transpose"}},
+        {"cat": "Session", "name": "model_run", "dur": 9000},
+        {"cat": "Node", "name": "conv1_kernel_time", "dur": 2000, "args": {"op_name": "Conv"}},  # second batch
+    ]
+    profile = aggregate_onnx_events(events, num_batches=2)
+    assert profile["kernel_ms_per_batch"] == pytest.approx(5.0)  # (3 + 1 + 4 + 2) ms over 2 batches
+    assert list(profile["by_op_type"]) == ["Conv", "Transpose"]  # 3.0 ms then 2.0 ms per batch
+    assert profile["by_op_type"]["Conv"] == {"ms": pytest.approx(3.0), "nodes": 2, "share": pytest.approx(0.6)}
+    assert [(n["node"], n["ms"]) for n in profile["by_node"]] == [("conv1", 2.5), ("t1", 2.0), ("conv2", 0.5)]
+    assert "| Conv | 2 | 3.00 | 60.0% |" in op_table(profile)
+    with pytest.raises(ValueError, match="num_batches"):
+        aggregate_onnx_events(events, 0)
+
+
+def test_onnx_profile_of_a_real_model_adds_up(tmp_path):
+    from kd_keras.export.onnx_format import convert_onnx
+    from kd_keras.export.profile import profile_onnx
+
+    model = build_model("mobilenet_wd4", input_shape=(32, 32, 1), num_classes=2)
+    profile = profile_onnx(convert_onnx(model, tmp_path / "m.onnx"), batch_size=2, num_batches=3, warmup=1,
+                           threads=1)
+    assert "Conv" in profile["by_op_type"] and profile["kernel_ms_per_batch"] > 0
+    assert sum(entry["share"] for entry in profile["by_op_type"].values()) == pytest.approx(1.0)
+    assert profile["wall_ms_per_batch"] >= 0.5 * profile["kernel_ms_per_batch"]
+
+
+@pytest.mark.slow
+def test_litert_segments_add_up_to_the_whole_model():
+    from kd_keras.export.profile import profile_litert_segments, segment_table
+
+    model = build_model("mobilenet_wd4", input_shape=(32, 32, 1), num_classes=2)
+    segments = profile_litert_segments(model, ["stage2"], batch_size=2, repeats=3, threads=1)
+    assert [s["segment"] for s in segments["segments"]] == ["input -> stage2", "stage2 -> logits"]
+    assert sum(s["ms"] for s in segments["segments"]) == pytest.approx(segments["total_ms"])
+    assert "| whole model |" in segment_table(segments)
