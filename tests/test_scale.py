@@ -6,6 +6,7 @@ In-process tests use the two logical CPU devices that tests/conftest.py creates 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -186,6 +187,61 @@ def test_batch_norm_uses_the_global_batch_on_two_replicas(strategies_available):
     one = one_step(tf.distribute.OneDeviceStrategy("/cpu:0"))
     two = one_step(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
     start = [w.numpy() for w in tiny_model("s", seed=1).weights]
-    for a, b, s in zip(one, two, start, strict=True):
+    for a, b in zip(one, two, strict=True):
         np.testing.assert_allclose(b, a, atol=2e-5)
     assert max(float(np.abs(a - s).max()) for a, s in zip(one, start, strict=True)) > 1e-3
+
+
+# The OCT smoke run with SGD at a small learning rate: the optimiser does not amplify the float round-off of the
+# replicas' reductions (Adam's normalised steps turn a 1e-7 gradient difference into a full +-lr step), so the
+# run on 2 logical CPU devices must give the one-device student and report within these tolerances.
+SMOKE_EQUAL = ["--preset", "smoke", "--set", "teacher_dropout=0", "--set", "teacher_optimizer=sgd",
+               "--set", "student_optimizer=sgd", "--set", "teacher_learning_rates=[0.0001]",
+               "--set", "student_learning_rates=[0.0001]", "--set", "export_variants=[onnx]", "--no-progress"]
+WEIGHT_TOLERANCE = 1e-4  # max abs difference of any student weight
+LOSS_TOLERANCE = 1e-4  # relative, every epoch loss of the teacher and the students
+
+
+def _report_numbers(path: Path) -> list[str]:
+    import re
+
+    # The report without timings (seconds differ between any two runs) and the run's own folder.
+    lines = [line for line in path.read_text().splitlines() if not re.search(r"\d s\b|seconds|time|/tmp/", line)]
+    return lines
+
+
+@pytest.mark.slow  # two smoke runs: ~2 min on 2 idle cores
+def test_oct_smoke_on_two_logical_cpu_devices_gives_the_one_device_student_and_report(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    runs = {}
+    for strategy in ("default", "mirrored"):
+        out = tmp_path / strategy
+        runs[strategy] = (out, subprocess.Popen(
+            [sys.executable, "-m", "kd_keras", "run", "oct", "--strategy", strategy, "--out", str(out), *SMOKE_EQUAL],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3"}))
+    for _, process in runs.values():
+        text = process.communicate(timeout=1200)[0]
+        assert process.returncode == 0, text[-3000:]
+    (one, _), (two, _) = runs["default"], runs["mirrored"]
+    r1, r2 = (json.loads((out / "results.json").read_text()) for out in (one, two))
+    assert (r1["run"]["replicas"], r2["run"]["replicas"]) == (1, 2)
+    np.testing.assert_allclose(r2["teacher"]["grid"]["best"]["loss"], r1["teacher"]["grid"]["best"]["loss"],
+                               rtol=LOSS_TOLERANCE)
+    models = sorted((one / "models").rglob("*.keras"))
+    assert models
+    from kd_keras.models import load_model
+
+    for path in models:
+        w1 = load_model(path).get_weights()
+        w2 = load_model(two / path.relative_to(one)).get_weights()
+        assert max(float(np.abs(a - b).max()) for a, b in zip(w1, w2, strict=True)) < WEIGHT_TOLERANCE, path.name
+    for (name, s1), s2 in zip(r1["students"].items(), r2["students"].values(), strict=True):
+        for a, b in zip(s1["runs"], s2["runs"], strict=True):
+            np.testing.assert_allclose(a["grid"][0]["loss"], b["grid"][0]["loss"], rtol=LOSS_TOLERANCE, err_msg=name)
+            assert a["test_auc"] == pytest.approx(b["test_auc"], abs=1e-9), name
+    assert _report_numbers(one / "report.md") == _report_numbers(two / "report.md")

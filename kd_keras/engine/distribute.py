@@ -66,14 +66,14 @@ def tf_config_workers(environ: dict[str, str] | None = None) -> int:
 
 def configure_logical_cpus(count: int) -> int:
     """Split the CPU into ``count`` logical devices (replicas of a CPU ``MirroredStrategy``); returns how many
-    logical CPU devices there are.
+    logical CPU devices there are (0 when ``count`` <= 1: nothing is configured or started).
 
     Must run before TensorFlow executes its first operation. Afterwards the configuration is fixed: when the
     process already has ``count`` or more logical CPUs (e.g. the test suite's two) that is fine, else
     :class:`ScaleError` says to set it earlier.
     """
     if count <= 1:
-        return len(tf.config.list_logical_devices("CPU"))
+        return 0  # nothing asked; listing logical devices would start TensorFlow (and fix its configuration)
     cpu = tf.config.list_physical_devices("CPU")[0]
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
