@@ -130,6 +130,14 @@ def _extra_test_copy_of_data(d):
     shutil.copytree(d["data"], d["root"] / "copy_of_data")
 
 
+def _sheet_without_columns(d):
+    (d["root"] / "sheet.csv").write_text("a,b\n1,2\n")
+
+
+def _unreadable_npz(d):
+    (d["root"] / "x.npz").write_bytes(b"not an npz archive")
+
+
 def _no_pool_images(d):
     for f in d["pool"].iterdir():
         f.unlink()
@@ -169,6 +177,10 @@ CASES = [
      ("refused", "--file-check must be one of header, decode")),
     ("dr_normal_listed_abnormal", "dr", lambda d: None, ["--abnormal-classes", "NORMAL"],
      ("refused", "--abnormal-classes", "is the --normal-class")),
+    ("dr_eyepacs_layout_on_a_folder", "dr", lambda d: None, ["--layout", "eyepacs"],
+     ("refused", "/data: cannot read table")),
+    ("dr_task_needs_grades", "dr", lambda d: None, ["--task", "dr_grades"],
+     ("refused", "--task dr_grades", "integer grades")),
     # kd-keras run simclr (study 003): the pool is the labeled data's unlabeled share; extra test sets
     ("simclr_missing_data", "simclr", lambda d: None, ["--data", "/nonexistent/data"],
      ("refused", "--data /nonexistent/data", "no such file or folder")),
@@ -189,6 +201,9 @@ CASES = [
     ("simclr_forged_png", "simclr", _forged_png, [], ("left_out", 1, "truncated PNG (chunk IDAT")),
     ("simclr_bad_duplicate_labels_option", "simclr", lambda d: None, ["--duplicate-labels", "maybe"],
      ("refused", "--duplicate-labels must be one of refuse, keep, drop")),
+    ("simclr_csv_without_file_column", "simclr", _sheet_without_columns, ["--layout", "csv", "--data",
+                                                                           "{root}/sheet.csv"],
+     ("refused", "sheet.csv", "no file column")),
     # kd-keras run attention (study 004): one labeled set split into train / validation / test
     ("attention_missing_data", "attention", lambda d: None, ["--data", "/nonexistent/data"],
      ("refused", "--data /nonexistent/data", "no such file or folder")),
@@ -206,6 +221,8 @@ CASES = [
      ("left_out", 0, "misc (--ignored-classes): 1 images")),
     ("attention_bad_file_check_option", "attention", lambda d: None, ["--file-check", "fast"],
      ("refused", "--file-check must be one of header, decode")),
+    ("attention_unreadable_npz", "attention", _unreadable_npz, ["--layout", "npz", "--data", "{root}/x.npz"],
+     ("refused", "x.npz", "not a readable .npz")),
     # kd-keras run oct (study 002, the main job; its other kinds are in tests/test_trust.py)
     ("oct_forged_jpeg_file_check_decode", "oct", _forged_jpeg, ["--file-check", "decode"],
      ("left_out", 1, "scan data ends before the last block")),
