@@ -6,6 +6,7 @@ In-process tests use the two logical CPU devices that tests/conftest.py creates 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import keras
@@ -245,3 +246,20 @@ def test_oct_smoke_on_two_logical_cpu_devices_gives_the_one_device_student_and_r
             np.testing.assert_allclose(a["grid"][0]["loss"], b["grid"][0]["loss"], rtol=LOSS_TOLERANCE, err_msg=name)
             assert a["test_auc"] == pytest.approx(b["test_auc"], abs=1e-9), name
     assert _report_numbers(one / "report.md") == _report_numbers(two / "report.md")
+
+
+def test_a_bfloat16_student_file_exports_to_float32_tflite_and_onnx_with_parity(tmp_path):
+    from kd_keras.export import export_model
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        tiny_model("student", classes=2, seed=1).save(tmp_path / "student.keras")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    images = batch()[schema.IMAGE]
+    files = export_model(tmp_path / "student.keras", tmp_path / "export", parity_images=images,
+                         variants=("tflite_fp32", "onnx"))
+    assert {f.format for f in files} == {"tflite", "onnx"}
+    assert all(f.parity.passed for f in files)
+    sidecar = json.loads(files[0].sidecar.read_text())
+    assert sidecar["input"]["dtype"] == "float32"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,11 @@ class TrainingCheckpoint(keras.callbacks.Callback):
         """Write the current state now."""
         self._saved_step = self.global_step
         if not _is_chief():
+            # Reading the weights runs collectives under MultiWorkerMirroredStrategy (sync-on-read variables are
+            # all-reduced): every worker must read them in the same order, so the others write a throw-away copy.
+            with tempfile.TemporaryDirectory(prefix="kd_keras_worker_checkpoint_") as scratch:
+                self.model.save_weights(str(Path(scratch) / "w.weights.h5"), overwrite=True)
+                [np.asarray(v.numpy()) for v in _seed_states(self.model)]
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"step_{self.global_step:09d}.weights.h5"

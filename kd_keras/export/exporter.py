@@ -68,7 +68,9 @@ class ExportedFile:
 
 
 def load_keras_model(path: str | os.PathLike):
-    """Load a ``.keras`` file with every kd_keras layer registered; one-line errors for a bad path."""
+    """Load a ``.keras`` file with every kd_keras layer registered, as a float32 model (a mixed-precision student is
+    rebuilt in float32 with its float32 weights: what TFLite and ONNX convert); one-line errors for a bad path."""
+    from kd_keras.engine.distribute import float32_model
     from kd_keras.models import load_model
 
     path = Path(path)
@@ -77,9 +79,10 @@ def load_keras_model(path: str | os.PathLike):
     if path.suffix != ".keras":
         raise ValueError(f"{path}: expected a .keras model file (save the student with model.save('x.keras'))")
     try:
-        return load_model(path)  # the one loader: registers every family's custom layers
+        model = load_model(path)  # the one loader: registers every family's custom layers
     except Exception as error:  # Keras raises many types for a bad archive
         raise ValueError(f"{path}: cannot load the Keras model ({str(error).strip().splitlines()[0]})") from None
+    return float32_model(model)
 
 
 def _normalisation(model) -> dict:
