@@ -22,13 +22,14 @@ from pathlib import Path
 
 def _method(run: dict) -> str:
     if run["method"] == "baseline":
-        return "baseline"
+        return "baseline (labeled only)"
+    pool = f", {int(round(100 * run['fraction']))}% of the pool" if run["fraction"] > 0 else ", labeled only"
     if run["method"] == "pseudo":
-        return "pseudo-labels"
+        return "pseudo-labels" + pool
     objective = run.get("objective") or {}
     if "temperature" in objective:
-        return f"soft targets (T={objective['temperature']:g}, alpha={objective['alpha']:g})"
-    return run["method"]
+        return f"soft targets (T={objective['temperature']:g}, alpha={objective['alpha']:g}){pool}"
+    return run["method"] + pool
 
 
 def _fmt(values: list[float]) -> str:
@@ -95,7 +96,8 @@ def summarize(runs: list[dict]) -> str:
             truth = r["pseudo_labels"].get("truth_check") or {}
             agreement = truth.get("pseudo_label_accuracy")
             cells.append("-" if agreement is None else f"{100 * agreement:.1f}%")
-            cells.append(f"{sum(r['timing_seconds'].values()) / 60:.1f}")
+            timing = r["timing_seconds"]
+            cells.append(f"{timing.get('total', sum(timing.values())) / 60:.1f}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
