@@ -174,15 +174,24 @@ class Distiller(keras.Model):
         )
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras (3.15) reads the first distributed batch for its shapes through strategy.reduce("MEAN", ...),
-        # which MultiWorkerMirroredStrategy cannot do on a dict batch; one replica's values give the shapes.
+        # Keras (3.15) takes the first batch of the training iterator for the shapes of its symbolic build, under
+        # any strategy: with an endless stream (steps_per_epoch) that batch is then never trained on, so a run on
+        # several replicas would see other batches than the same run on one device; and it reduces the batch with
+        # strategy.reduce("MEAN", ...), which MultiWorkerMirroredStrategy cannot do on a dict batch. Only shapes
+        # and dtypes are needed: one replica's element spec gives them without consuming anything.
         if iterator is not None and self._distribute_strategy is not None:
-            local = self.distribute_strategy.experimental_local_results
             for _, _, batches in iterator:
-                data_batch = tf.nest.map_structure(
-                    lambda v: local(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v,
-                    next(batches),
-                )
+                spec = getattr(batches, "element_spec", None)
+                if spec is not None:
+                    data_batch = tf.nest.map_structure(
+                        lambda s: s._value_specs[0] if hasattr(s, "_value_specs") else s, spec
+                    )
+                else:  # not a tf.data iterator: one replica's values of the first batch
+                    local = self.distribute_strategy.experimental_local_results
+                    data_batch = tf.nest.map_structure(
+                        lambda v, local=local: local(v)[0] if isinstance(v, tf.distribute.DistributedValues) else v,
+                        next(batches),
+                    )
                 break
         return super()._maybe_symbolic_build(data_batch=data_batch)
 
