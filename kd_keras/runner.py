@@ -462,10 +462,16 @@ def run_study(
             except ScaleError as error:
                 raise RunError(str(error)) from None
             if strategy.num_replicas_in_sync > 1 or scale["precision"] != "float32":
-                say(f"strategy: {type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas; "
+                kind = next((k.__name__ for k in type(strategy).__mro__ if k.__name__ in _STRATEGY_NAMES),
+                            type(strategy).__name__)
+                say(f"strategy: {kind} with {strategy.num_replicas_in_sync} replicas; "
                     f"precision: {scale['precision']}")
         ctx = RunContext(config=config, out=out, store=store, say=say, progress=progress, strategy=strategy)
         return _run_stages(study, ctx, resume, command)
+
+
+# The public names of the strategies (TensorFlow's multi-worker class is CollectiveAllReduceStrategy).
+_STRATEGY_NAMES = {"MultiWorkerMirroredStrategy", "MirroredStrategy", "OneDeviceStrategy"}
 
 
 def _scale_of(config: Any) -> dict[str, Any] | None:
