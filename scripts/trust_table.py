@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     # As under pytest, the data layer's per-file warnings go to a log handler, not to the one error line.
     logging.getLogger().addHandler(logging.NullHandler())
     capture = _Capture()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     start = time.perf_counter()
     with contextlib.redirect_stdout(capture.out), contextlib.redirect_stderr(capture.err), \
             pytest.MonkeyPatch.context() as patch:
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         "# Trustworthy runs: the bad-input corpus",
         "",
         "Every kind of bad input the tests try (issue 16), run once by `python scripts/trust_table.py` on "
-        f"this machine ({os.cpu_count()} CPU cores, Python {platform.python_version()}): "
+        f"this machine ({os.cpu_count()} CPU cores shared with other jobs: load average {load:.1f} at the start; "
+        f"Python {platform.python_version()}): "
         "the command as given after the corpus was broken (`<data>`, `<pool>`, `<root>`: the generated folders), "
         "what happened, and the seconds the command took (measured around `kd_keras.cli.main` alone, in one "
         "process, imports done). A refusal is exit status 2 with one `error:` line naming the file or option; "
