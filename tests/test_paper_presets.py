@@ -8,7 +8,8 @@ import pytest
 from kd_keras.cli import resolve_run
 
 PAPER_002 = {
-    "image_size": 224, "student_channels": 3, "teacher": "resnet50", "teacher_weights": "imagenet",
+    "image_size": 224, "geometry": "resize", "task": "binary", "teacher_pretraining": "none",
+    "student_channels": 3, "teacher": "resnet50", "teacher_weights": "imagenet",
     "teacher_dropout": 0.5, "teacher_optimizer": "sgd", "teacher_learning_rates": (1e-2, 1e-3, 1e-4, 1e-5, 1e-6),
     "teacher_epochs": 31, "teacher_batch_size": 64, "teacher_steps_per_epoch": None, "student_optimizer": "adam",
     "student_learning_rates": (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6), "student_runs": 5, "student_epochs": 20,
