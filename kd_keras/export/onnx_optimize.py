@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
