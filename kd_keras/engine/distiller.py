@@ -174,11 +174,9 @@ class Distiller(keras.Model):
         )
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras (3.15) takes the first batch of the training iterator for the shapes of its symbolic build, under
-        # any strategy: with an endless stream (steps_per_epoch) that batch is then never trained on, so a run on
-        # several replicas would see other batches than the same run on one device; and it reduces the batch with
+        # Keras (3.15) reads a first distributed batch for the shapes of its symbolic build and reduces it with
         # strategy.reduce("MEAN", ...), which MultiWorkerMirroredStrategy cannot do on a dict batch. Only shapes
-        # and dtypes are needed: one replica's element spec gives them without consuming anything.
+        # and dtypes are needed: one replica's element spec gives them without reading (decoding) a batch.
         if iterator is not None and self._distribute_strategy is not None:
             for _, _, batches in iterator:
                 spec = getattr(batches, "element_spec", None)
