@@ -92,11 +92,11 @@ def test_onnx_quantised_files_and_their_graph_macs(tmp_path, images):
             quantize_onnx(fp32, tmp_path / "x.onnx", "fp16")
 
 
-def test_tflite_graph_macs_match_the_keras_count(tmp_path, images):
-    model = build_model("mobilenet_wd4", input_shape=(32, 32, 1), num_classes=3)
+def test_tflite_graph_macs_match_the_keras_count(tmp_path):
+    # (an int8 .tflite file's count is checked in test_benchmark_times_every_precision_with_parity)
+    model = build_model("shufflenetv2_wd2", input_shape=(32, 32, 1), num_classes=3)
     fp32 = convert_tflite(model, tmp_path / "s_fp32.tflite", "fp32")
-    int8 = convert_tflite(model, tmp_path / "s_int8.tflite", "int8", representative_images=images[:4])
-    assert graph_macs(fp32) == graph_macs(int8) == count_macs(model)
+    assert graph_macs(fp32) == count_macs(model)
     with pytest.raises(ValueError, match=".tflite and .onnx"):
         graph_macs(tmp_path / "s.keras")
 
