@@ -281,3 +281,32 @@ def test_two_workers_on_loopback_match_one_device(tmp_path, strategies):
             assert float(saved["loss"]) == pytest.approx(history.history["loss"][-1], abs=1e-5)
             for i, reference in enumerate(student.trainable_weights):
                 np.testing.assert_allclose(saved[f"arr_{i}"], reference.numpy(), atol=1e-5)
+
+
+def bn_model(name: str, seed: int) -> keras.Model:
+    x = keras.Input((SIZE, SIZE, 1), name="image")
+    h = keras.layers.Rescaling(1 / 255.0)(x)
+    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="stage1",
+                            kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(h)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    f = keras.layers.GlobalAveragePooling2D(name="features")(h)
+    out = keras.layers.Dense(3, name="logits", kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1))(f)
+    return keras.Model(x, out, name=name)
+
+
+def test_batch_norm_uses_the_global_batch_on_two_replicas(strategies):
+    # The module's strategies: a second MirroredStrategy object in one process can collide with the first's
+    # collective keys, so every replica test here shares one.
+    def one_step(strategy):
+        with strategy.scope():
+            student = bn_model("student", seed=1)
+            distiller = Distiller(student, bn_model("teacher", seed=5))
+            distiller.compile(keras.optimizers.SGD(0.5), objective=get_objective("hinton", alpha=0.3))
+        distiller.fit(tf.data.Dataset.from_tensor_slices(make_batch()).batch(N), epochs=1, verbose=0)
+        return [w.numpy() for w in student.weights]
+
+    one, two = (one_step(strategy) for strategy in strategies)
+    start = [w.numpy() for w in bn_model("s", seed=1).weights]
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_allclose(b, a, atol=2e-5)
+    assert max(float(np.abs(a - s).max()) for a, s in zip(one, start, strict=True)) > 1e-3
