@@ -356,3 +356,14 @@ def test_every_registered_objective_runs_from_a_config_file(tmp_path):
         assert run["fraction"] == 1.0 and run["objective"] == next(o for o in objectives if o["name"] == name)
         assert _finite(run["test_auc"]["synthetic_test"]), name
     assert len({run["key"] for run in runs.values()}) == len(runs)
+
+
+def test_latency_table_names_a_model_none_of_whose_files_could_be_timed():
+    from kd_keras.studies.oct_report import table_latency
+
+    table = table_latency({"latency": {"models": {
+        "broken": {"seconds_per_volume": {}, "errors": {"litert": "conversion failed"}},
+        "mobilenet_wd4": {"params": 1234, "macs": 2.5e6, "seconds_per_volume": {"litert": 0.1},
+                          "speedup": {"litert": 2.0}}}}})
+    assert "| broken | - | - | - |" in table
+    assert "| mobilenet_wd4 | 1,234 | 2.5 M | 0.100 (2.00x) |" in table

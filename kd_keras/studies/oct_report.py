@@ -140,7 +140,8 @@ def table_latency(results: dict) -> str:
         headers.append("fastest passing file (speed-up over the teacher's fastest)")
     rows = []
     for name, m in lat["models"].items():
-        row = [name, f"{m['params']:,}", f"{m['macs'] / 1e6:,.1f} M"]
+        params, macs = m.get("params"), m.get("macs")  # absent when no file of the model could be timed
+        row = [name, "-" if params is None else f"{params:,}", "-" if macs is None else f"{macs / 1e6:,.1f} M"]
         for rt in runtimes:
             t = m["seconds_per_volume"].get(rt)
             su = m.get("speedup", {}).get(rt)
