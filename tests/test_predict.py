@@ -163,7 +163,7 @@ def test_sidecar_preprocessing_is_what_predict_applies(student, tmp_path):
     info = read_sidecar(student["fp32"])
     assert info["preprocess"] == {"function": "kd_keras.data.preprocess.preprocess", "image_size": [32, 32],
                                   "channels": 1, "clahe": True, "clahe_clip": 2.0, "clahe_grid": 4,
-                                  "fundus_crop": False}
+                                  "fundus_crop": False, "geometry": "resize"}
     frames = synthetic_bscans(12, 16)
     predictor = Predictor(student["fp32"])
     assert predictor.preprocess_config == CONFIG and predictor.preprocess_recorded
