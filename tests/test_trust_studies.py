@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from test_trust import _corpus as good_corpus
 
 from kd_keras.cli import main
 
@@ -45,20 +46,9 @@ def _write(path: Path, seed: int, suffix: str = ".png") -> Path:
 
 
 def make_corpus(root: Path) -> dict[str, Path]:
-    """data/{NORMAL,CNV} (6 patients x 2 images), test/{NORMAL,CNV} (3 patients), pool/ (8 images)."""
-    seed = 0
-    for cls in ("NORMAL", "CNV"):
-        for patient in range(PATIENTS):
-            for scan in range(2):
-                seed += 1
-                _write(root / "data" / cls / f"{cls}-{1000 + 100 * (cls == 'CNV') + patient}-{scan}.png", seed)
-        for patient in range(3):
-            seed += 1
-            _write(root / "test" / cls / f"{cls}-{5000 + 100 * (cls == 'CNV') + patient}-0.png", seed)
-    for i in range(8):
-        seed += 1
-        _write(root / "pool" / f"POOL-{9000 + i}-0.png", seed)
-    return {"data": root / "data", "test": root / "test", "pool": root / "pool", "root": root}
+    """The main job's good corpus (tests/test_trust.py): data/{NORMAL,CNV} (6 patients x 2 images), test/{NORMAL,CNV}
+    (3 patients), pool/ (8 images); plus its root."""
+    return {**good_corpus(root), "root": root}
 
 
 def _truncate(path: Path, keep: float = 0.5) -> None:
