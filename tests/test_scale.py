@@ -23,6 +23,7 @@ from kd_keras.engine.distribute import (
     default_jit_compile,
     float32_model,
     predict_on_batch,
+    replica_rows,
     run_scope,
 )
 from kd_keras.studies import STUDIES, get_study
@@ -166,13 +167,39 @@ def test_a_mixed_precision_student_exports_as_float32_with_the_same_weights(tmp_
     assert float32_model(copy) is copy
 
 
-def test_predict_on_batch_under_two_replicas_returns_one_row_per_image(strategies_available):
+class ReplicaId(keras.layers.Layer):
+    """Which replica computed each row (0 outside a strategy's replicas)."""
+
+    def call(self, x):
+        context = tf.distribute.get_replica_context()
+        replica = context.replica_id_in_sync_group if context is not None else 0
+        return tf.fill([tf.shape(x)[0], 1], tf.cast(replica, tf.float32))
+
+
+def with_replica_id(model: keras.Model) -> keras.Model:
+    return keras.Model(model.input, [model.output, ReplicaId(name="replica")(model.output)])
+
+
+def test_replica_rows_are_contiguous_shares_in_order():
+    assert replica_rows(8, 2) == [(0, 4), (4, 8)]
+    assert replica_rows(7, 2) == [(0, 4), (4, 7)]
+    assert replica_rows(1, 2) == [(0, 1), (1, 1)]
+    assert replica_rows(5, 4) == [(0, 2), (2, 4), (4, 5), (5, 5)]
+
+
+def test_predict_on_batch_under_two_replicas_uses_both_and_keeps_the_rows_in_order(strategies_available):
     with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
-        model = tiny_model("m", seed=3)
-    images = batch(6)[schema.IMAGE]
-    out = predict_on_batch(model, images)
-    assert out.shape == (6, 3)
-    np.testing.assert_allclose(out, model(images, training=False).numpy(), atol=1e-6)
+        two = with_replica_id(tiny_model("m", seed=3))
+    one = with_replica_id(tiny_model("m", seed=3))  # the same weights (seeded), no strategy
+    assert one.distribute_strategy.num_replicas_in_sync == 1
+    images = batch(8)[schema.IMAGE]
+    for rows in (8, 7, 1):  # even, a last partial batch (4 + 3), fewer rows than replicas (1 + 0)
+        (logits, replica), (expected, alone) = (predict_on_batch(model, images[:rows]) for model in (two, one))
+        assert logits.shape == (rows, 3) and logits.dtype == np.float32
+        np.testing.assert_allclose(logits, expected, atol=1e-5)  # same rows, same order
+        shares = replica_rows(rows, 2)
+        assert replica[:, 0].tolist() == [r for r, (a, b) in enumerate(shares) for _ in range(b - a)]
+        assert not alone.any()
 
 
 # The OCT smoke run with SGD at a small learning rate: the optimiser does not amplify the float round-off of the

@@ -33,7 +33,8 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["PRECISIONS", "STRATEGIES", "ScaleError", "check_scale", "configure_logical_cpus", "default_jit_compile",
-           "float32_model", "get_strategy", "global_batch_size", "predict_on_batch", "run_scope", "tf_config_workers"]
+           "float32_model", "get_strategy", "global_batch_size", "predict_on_batch", "replica_rows", "run_scope",
+           "tf_config_workers"]
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -226,14 +227,58 @@ def run_scope(strategy: str = "auto", precision: str = "float32", jit_compile: b
         _jit_compile[0] = previous_jit
 
 
+def replica_rows(rows: int, replicas: int) -> list[tuple[int, int]]:
+    """The ``(start, stop)`` rows of a batch of ``rows`` that each of ``replicas`` replicas predicts: contiguous
+    shares of ``ceil(rows / replicas)`` in replica order (the last ones shorter or empty), so gathering the
+    replicas' outputs in replica order gives the rows in their original order.
+
+    Example:
+        >>> replica_rows(7, 2)
+        [(0, 4), (4, 7)]
+        >>> replica_rows(1, 2)
+        [(0, 1), (1, 1)]
+    """
+    share = -(-int(rows) // int(replicas))
+    return [(min(r * share, rows), min((r + 1) * share, rows)) for r in range(int(replicas))]
+
+
+def _replica_predict(model: Any, strategy: tf.distribute.Strategy) -> Any:
+    """A ``tf.function``: one batch split over every replica of ``strategy`` (:func:`replica_rows`), each replica
+    calling ``model`` on its share, the outputs (float32) gathered back in row order on this worker."""
+    cached = getattr(model, "_kd_replica_predict", None)
+    if cached is not None and cached[0] is strategy:
+        return cached[1]
+
+    def on_replica(images: tf.Tensor) -> Any:
+        context = tf.distribute.get_replica_context()
+        replica, replicas = context.replica_id_in_sync_group, context.num_replicas_in_sync
+        rows = tf.shape(images)[0]
+        share = (rows + replicas - 1) // replicas  # replica_rows, in graph
+        start = tf.minimum(replica * share, rows)
+        outputs = model(images[start : tf.minimum(start + share, rows)], training=False)
+        return tf.nest.map_structure(lambda value: tf.cast(value, tf.float32), outputs)
+
+    @tf.function(reduce_retracing=True)
+    def predict(images: tf.Tensor) -> Any:
+        outputs = strategy.run(on_replica, args=(images,))
+        return tf.nest.map_structure(lambda value: strategy.gather(value, axis=0), outputs)
+
+    model._kd_replica_predict = (strategy, predict)
+    return predict
+
+
 def predict_on_batch(model: Any, images: Any) -> Any:
     """``model``'s outputs for one batch as float32 NumPy arrays (a list for a model with several outputs), whatever
     strategy the model was built under and whatever its precision.
 
-    Keras' ``predict_on_batch`` under a ``MirroredStrategy`` with several replicas hands the whole batch to every
-    replica and concatenates their outputs (twice the rows on two replicas); a model built under such a
-    strategy is called here once, in cross-replica context, on the first replica's device (its mirrored weights
-    are the same on every replica). Mixed-precision outputs (float16, bfloat16) are returned as float32.
+    On one replica this is Keras' ``predict_on_batch``. Under a strategy with several replicas (Keras' own
+    ``predict_on_batch`` would hand the whole batch to every replica and return every row once per replica) the
+    batch is split over **every** replica, each predicting a contiguous share (:func:`replica_rows`; a batch
+    smaller than the number of replicas leaves some shares empty), and the outputs are gathered back in the
+    original row order. Under ``MultiWorkerMirroredStrategy`` each worker passes the same batch, computes only
+    the rows of its own replicas (1/N of the model's work on N workers) and gets every row back (an
+    all-gather): every worker must make the same calls in the same order, as in training. Mixed-precision
+    outputs (float16, bfloat16) are returned as float32.
 
     Example:
         >>> logits = predict_on_batch(student, images)  # (len(images), classes) float32
@@ -242,11 +287,7 @@ def predict_on_batch(model: Any, images: Any) -> Any:
     if strategy is None or strategy.num_replicas_in_sync == 1:
         outputs = model.predict_on_batch(images)
     else:
-        call = getattr(model, "_kd_cross_replica_call", None)
-        if call is None:
-            call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-            model._kd_cross_replica_call = call
-        outputs = call(tf.convert_to_tensor(images))
+        outputs = _replica_predict(model, strategy)(tf.convert_to_tensor(images))
     return tf.nest.map_structure(lambda value: np.asarray(value).astype(np.float32, copy=False), outputs)
 
 
