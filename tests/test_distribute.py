@@ -158,6 +158,39 @@ def check_same_step(case, strategies, n):
         np.testing.assert_allclose(e2, e1, atol=1e-5)
 
 
+def test_a_seeded_augmented_stream_gives_two_replicas_the_batches_of_one_device(strategies):
+    # Every new iterator of a seeded training stream draws the next permutation (make_dataset's per-epoch
+    # Dataset.random) and its prefetch advances the augmentation's seed state: Keras' symbolic build under a
+    # strategy made a throw-away iterator, so two replicas trained on other batches than one device.
+    from kd_keras.data.augment import build_augmenter
+    from kd_keras.data.pipeline import make_dataset
+    from kd_keras.data.preprocess import PreprocessConfig
+    from kd_keras.data.records import Records
+
+    n = 4 * N
+    images = np.random.default_rng(0).integers(0, 255, (n, SIZE, SIZE, 1)).astype(np.uint8)
+    records = Records(paths=None, labels=np.arange(n) % 3, patients=np.arange(n).astype(str),
+                      class_names=("a", "b", "c"), task="multiclass", images=images,
+                      array_index=np.arange(n, dtype=np.int64))
+
+    def two_steps(strategy):
+        keras.utils.set_random_seed(5)
+        with strategy.scope():
+            student = tiny_model("student", seed=1)
+            distiller = Distiller(student, tiny_model("teacher", seed=2))
+            distiller.compile(keras.optimizers.SGD(0.5), objective=get_objective("hinton", alpha=0.3))
+            augmenter = build_augmenter(flip="horizontal", rotation_degrees=15, seed=0)
+        stream = make_dataset(records, PreprocessConfig((SIZE, SIZE), channels=1), N, repeat=True, seed=3,
+                              augmenter=augmenter)
+        distiller.fit(stream, epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
+        return [w.numpy() for w in student.trainable_weights]
+
+    # One device as `--strategy default` runs it: no strategy at all (a OneDeviceStrategy made the same detour).
+    one, two = two_steps(tf.distribute.get_strategy()), two_steps(strategies[1])
+    for a, b in zip(one, two, strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-5)
+
+
 def test_strategy_flags(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert get_strategy("default").num_replicas_in_sync == 1

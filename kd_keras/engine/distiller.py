@@ -177,7 +177,16 @@ class Distiller(keras.Model):
         # Keras (3.15) reads a first distributed batch for the shapes of its symbolic build and reduces it with
         # strategy.reduce("MEAN", ...), which MultiWorkerMirroredStrategy cannot do on a dict batch. Only shapes
         # and dtypes are needed: one replica's element spec gives them without reading (decoding) a batch.
-        if iterator is not None and self._distribute_strategy is not None:
+        # Nor is an iterator made: every new iterator of a seeded stream draws the next permutation
+        # (shuffle's reshuffle_each_iteration, Dataset.random's rerandomize_each_iteration) and its prefetch
+        # advances the augmentation's seed state, so a throw-away iterator here made a run on several replicas
+        # train on other batches than the same run on one device.
+        dataset = getattr(iterator, "_distributed_dataset", None)  # Keras' TFEpochIterator
+        if dataset is not None and self._distribute_strategy is not None:
+            data_batch = tf.nest.map_structure(
+                lambda s: s._value_specs[0] if hasattr(s, "_value_specs") else s, dataset.element_spec
+            )
+        elif iterator is not None and self._distribute_strategy is not None:
             for _, _, batches in iterator:
                 spec = getattr(batches, "element_spec", None)
                 if spec is not None:
