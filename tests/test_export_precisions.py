@@ -143,6 +143,14 @@ def test_benchmark_times_every_precision_with_parity(tmp_path, images):
                       num_images=2, batch_size=2, threads=1, warmup=0, repeats=1, progress=None)
     assert again[0].precision == "int8" and again[0].macs == count_macs(build_model(
         "mobilenet_wd4", input_shape=(32, 32, 1), num_classes=2))
+    # A .keras target with a file already converted from it (the main job's export): timed as it is, checked again.
+    keras_file, int8_file = tmp_path / "mobilenet_wd4.keras", tmp_path / "mobilenet_wd4_int8.tflite"
+    work = tmp_path / "w"
+    reused = benchmark([str(keras_file)], teacher=None, runtimes=("litert",), precisions=("int8",), num_images=2,
+                       batch_size=2, threads=1, warmup=0, repeats=1, parity_images=images[12:], work_dir=work,
+                       converted={str(keras_file): {(".tflite", "int8"): int8_file}}, progress=None)
+    assert [r.file for r in reused] == [str(int8_file)] and reused[0].parity is not None
+    assert not any(work.iterdir())  # nothing converted again
 
 
 def test_interleaved_latency_compares_settings_in_one_run(tmp_path):

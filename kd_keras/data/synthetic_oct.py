@@ -8,6 +8,7 @@ patient rule and splits read it:
   labeled/{CNV,DME,DRUSEN,NORMAL}/CNV-1234567-17.png    # class folders, CLASS-<patient>-<n>.png
   unlabeled/OCT-2345678-3.png                           # pool from other patients, no label in the path
   test/{CNV,DME,DRUSEN,NORMAL}/...                       # held-out patients
+  validation/{CNV,DME,DRUSEN,NORMAL}/...                 # only with validation_patients > 0: more patients
   index.csv                                             # every image: split, patient, volume, slice, label, lesions
   unlabeled_truth.csv                                   # the pool's true labels (analysis only, never for training)
   manifest.json                                         # generator version, config, seed, counts, timing
@@ -197,7 +198,9 @@ def generate_synthetic_oct(
             "normal_class": NORMAL,
             "layout": {"labeled": "labeled/<CLASS>/<CLASS>-<patient>-<n>.<ext>",
                        "unlabeled": f"unlabeled/{POOL_PREFIX}-<patient>-<n>.<ext>",
-                       "test": "test/<CLASS>/<CLASS>-<patient>-<n>.<ext>"},
+                       "test": "test/<CLASS>/<CLASS>-<patient>-<n>.<ext>",
+                       **({"validation": "validation/<CLASS>/<CLASS>-<patient>-<n>.<ext>"}
+                          if config.validation_patients else {})},
             "counts": counts,
             "generation_seconds": round(elapsed, 2),
             "complete": True,
@@ -217,10 +220,19 @@ def _generate_into(root: Path, config: SyntheticOCTConfig, progress: bool) -> di
     splits = (("labeled", config.labeled_patients), ("unlabeled", config.unlabeled_patients),
               ("test", config.test_patients))
     ids = _patient_ids(master, sum(count for _, count in splits))
+    if config.validation_patients:
+        # Drawn after the others and generated last (volumes are keyed by their position), so the labeled, pool
+        # and test images and their patients are those of the same config without validation patients.
+        splits += (("validation", config.validation_patients),)
+        wanted, taken = config.validation_patients, set(ids)
+        while wanted:
+            fresh = [i for i in _patient_ids(master, wanted) if i not in taken][:wanted]
+            ids, wanted = ids + fresh, wanted - len(fresh)
+            taken.update(fresh)
     mix = np.asarray(config.disease_mix, dtype=np.float64)
     mix = mix / mix.sum()
     ext = "png" if config.image_format == "png" else "jpeg"
-    for split in ("labeled", "test"):
+    for split in [split for split, _ in splits if split != "unlabeled"]:
         for name in CLASSES:
             (root / split / name).mkdir(parents=True, exist_ok=True)
     (root / "unlabeled").mkdir(parents=True, exist_ok=True)
@@ -374,13 +386,14 @@ def main(argv=None):
     parser.add_argument("--labeled-patients", type=int, default=SyntheticOCTConfig.labeled_patients)
     parser.add_argument("--unlabeled-patients", type=int, default=SyntheticOCTConfig.unlabeled_patients)
     parser.add_argument("--test-patients", type=int, default=SyntheticOCTConfig.test_patients)
+    parser.add_argument("--validation-patients", type=int, default=SyntheticOCTConfig.validation_patients)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--check", action="store_true", help="run difficulty_check and print its AUCs")
     args = parser.parse_args(argv)
     config = SyntheticOCTConfig(image_size=(args.size, args.size), difficulty=args.difficulty, seed=args.seed,
                                 labeled_patients=args.labeled_patients, unlabeled_patients=args.unlabeled_patients,
-                                test_patients=args.test_patients)
+                                test_patients=args.test_patients, validation_patients=args.validation_patients)
     root = generate_synthetic_oct(args.out, config, overwrite=args.overwrite, progress=True)
     manifest = json.loads((root / "manifest.json").read_text())
     print(f"{root}: {manifest['counts']['total_images']} B-scans, generated in {manifest['generation_seconds']} s")

@@ -43,6 +43,9 @@ class SyntheticOCTConfig:
         labeled_patients: patients in the labeled set.
         unlabeled_patients: other patients, in the unlabeled pool.
         test_patients: other patients, in the held-out test set.
+        validation_patients: other patients, labeled, written under ``validation/`` for choosing models (a
+            study adds them to its validation set: inference only, never trained on). 0 (default) writes none,
+            and the dataset (files and cache key) is then what it was before this option existed.
         disease_mix: probability of each eye's diagnosis, in the order of ``CLASSES`` (CNV, DME, DRUSEN, NORMAL).
         difficulty: 0 (large, high-contrast lesions, mild speckle) .. 1 (default) .. 2 (small, faint lesions,
             strong speckle).
@@ -59,6 +62,7 @@ class SyntheticOCTConfig:
     labeled_patients: int = 20
     unlabeled_patients: int = 140
     test_patients: int = 40
+    validation_patients: int = 0
     disease_mix: tuple[float, float, float, float] = (0.25, 0.25, 0.25, 0.25)
     difficulty: float = 1.0
     speckle: float = 1.0
@@ -76,7 +80,7 @@ class SyntheticOCTConfig:
             raise ValueError(f"bscans_sampled_per_volume must be in [1, bscans_per_volume] or None, got {sampled}")
         if self.volumes_per_patient not in (1, 2):
             raise ValueError(f"volumes_per_patient must be 1 or 2, got {self.volumes_per_patient}")
-        if min(self.labeled_patients, self.unlabeled_patients, self.test_patients) < 0:
+        if min(self.labeled_patients, self.unlabeled_patients, self.test_patients, self.validation_patients) < 0:
             raise ValueError("patient counts must be >= 0")
         if len(self.disease_mix) != len(CLASSES) or min(self.disease_mix) < 0 or sum(self.disease_mix) <= 0:
             raise ValueError(f"disease_mix must be {len(CLASSES)} non-negative weights for {CLASSES}")
@@ -91,7 +95,10 @@ class SyntheticOCTConfig:
 
     def fingerprint(self) -> str:
         """Short hash of the config and generator version (the cache key)."""
-        payload = json.dumps({"version": GENERATOR_VERSION, **self.to_dict()}, sort_keys=True)
+        fields = self.to_dict()
+        if not fields["validation_patients"]:  # the key of every dataset generated before the option
+            del fields["validation_patients"]
+        payload = json.dumps({"version": GENERATOR_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

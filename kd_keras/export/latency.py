@@ -279,8 +279,11 @@ def _file_target(path: Path) -> _Target:
 
 
 def _prepare(target: str, runtimes: Sequence[str], precisions: Sequence[str], input_shape, num_classes: int,
-             work_dir: Path, calibration_images, onnx_optimize: bool, say) -> _Target:
-    """A zoo name or a file path -> the files each runtime needs in each precision, params and MACs."""
+             work_dir: Path, calibration_images, onnx_optimize: bool, say,
+             converted: dict[tuple[str, str], Path] | None = None) -> _Target:
+    """A zoo name or a file path -> the files each runtime needs in each precision, params and MACs.
+
+    ``converted``: ``(suffix, precision) -> file`` already converted from this target, used as they are."""
     path = Path(target)
     if path.suffix in (".tflite", ".onnx"):
         return _file_target(path)
@@ -305,20 +308,28 @@ def _prepare(target: str, runtimes: Sequence[str], precisions: Sequence[str], in
     calibration_images = fit_images(calibration_images, model_input_shape(model))
 
     suffixes = {RUNTIME_SUFFIX[r] for r in runtimes}
+    converted = {key: Path(file) for key, file in (converted or {}).items() if Path(file).is_file()}
     files: dict[tuple[str, str], Path] = {(".keras", "fp32"): keras_file}
     if ".tflite" in suffixes:
-        converter = saved_model_converter(write_saved_model(model, work_dir / f"{name}_saved_model"))
+        converter = None
         for precision in precisions:
+            if (".tflite", precision) in converted:
+                files[(".tflite", precision)] = converted[(".tflite", precision)]
+                continue
             if precision == "int8" and calibration_images is None:
                 say(f"{name}: no calibration images, int8 TFLite skipped")
                 continue
+            converter = converter or saved_model_converter(write_saved_model(model, work_dir / f"{name}_saved_model"))
             files[(".tflite", precision)] = convert_tflite(model, work_dir / f"{name}_{precision}.tflite", precision,
                                                            calibration_images, converter=converter)
     if ".onnx" in suffixes:
-        fp32 = convert_onnx(model, work_dir / f"{name}.onnx", optimize=onnx_optimize)
+        fp32 = converted.get((".onnx", "fp32")) or convert_onnx(model, work_dir / f"{name}.onnx",
+                                                                optimize=onnx_optimize)
         for precision in precisions:
             if precision == "fp32":
                 files[(".onnx", "fp32")] = fp32
+            elif (".onnx", precision) in converted:
+                files[(".onnx", precision)] = converted[(".onnx", precision)]
             elif precision == "fp16" and not onnx_fp16_available():
                 say(f"{name}: ONNX fp16 skipped (onnxconverter-common is not installed)")
             elif precision == "int8" and calibration_images is None:
@@ -407,6 +418,7 @@ def benchmark(
     runtime_options: dict[str, dict] | None = None,
     onnx_optimize: bool = True,
     work_dir: str | os.PathLike | None = None,
+    converted: dict[str, dict[tuple[str, str], str | os.PathLike]] | None = None,
     timeout_s: float = 1800,
     progress=print,
 ) -> list[LatencyResult]:
@@ -436,6 +448,9 @@ def benchmark(
             ``{"onnxruntime": {"graph_optimization_level": "extended"}}``.
         onnx_optimize: apply :mod:`kd_keras.export.onnx_optimize` to the ONNX files converted here.
         work_dir: where converted files go (default: a temporary folder, removed afterwards).
+        converted: files already converted from a ``.keras`` target, ``{target: {(suffix, precision): file}}``
+            (e.g. ``{(".tflite", "int8"): "export/m_int8.tflite"}``), timed instead of converting again (they
+            are checked for parity like the others); a missing file is converted as usual.
         timeout_s: limit per worker.
         progress: called with one line per measurement (``None`` for silence).
 
@@ -463,7 +478,7 @@ def benchmark(
         for target in targets:
             try:
                 prepared = _prepare(target, runtimes, precisions, input_shape, num_classes, work,
-                                    calibration_images, onnx_optimize, say)
+                                    calibration_images, onnx_optimize, say, (converted or {}).get(target))
                 reports = {}
                 if parity_images is not None and prepared.model is not None:
                     reports = _parity(prepared, parity_images, parity_labels, threshold, 32, threads)

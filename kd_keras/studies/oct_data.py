@@ -92,7 +92,8 @@ def _as_unlabeled(records: Records) -> Records:
                                task="unlabeled", labeled=np.zeros(len(records), bool))
 
 
-def _binary(records: Records, normal_class: str, where: str, ignored: tuple[str, ...] = ()) -> Records:
+def _binary(records: Records, normal_class: str, where: str, ignored: tuple[str, ...] = (),
+            every_class: bool = True) -> Records:
     from kd_keras.data import tasks
 
     positive = [c for c in records.class_names if c != normal_class and c not in ignored]
@@ -103,7 +104,7 @@ def _binary(records: Records, normal_class: str, where: str, ignored: tuple[str,
     binary = tasks.normal_vs_abnormal(records, negative=normal_class, positive_name=name)
     counts = binary.class_counts()
     empty = [k for k, v in counts.items() if v == 0]
-    if empty:
+    if empty and every_class:
         left_out = records.report.counts()["skipped_by_kind"]
         why = f"; left out: {', '.join(f'{n} {k}' for k, n in left_out.items())}" if left_out else ""
         raise StudyError(f"{where}: no usable {' or '.join(empty)} images (class counts {counts}{why}); normal "
@@ -111,7 +112,7 @@ def _binary(records: Records, normal_class: str, where: str, ignored: tuple[str,
     return binary
 
 
-def _multiclass(records: Records, where: str, ignored: tuple[str, ...] = ()) -> Records:
+def _multiclass(records: Records, where: str, ignored: tuple[str, ...] = (), every_class: bool = True) -> Records:
     """One class per class folder (OCT2017: CNV, DME, DRUSEN, NORMAL), ``ignored`` folders removed."""
     from kd_keras.data import tasks
 
@@ -122,7 +123,7 @@ def _multiclass(records: Records, where: str, ignored: tuple[str, ...] = ()) -> 
         labels = np.asarray([old.get(int(v), -1) for v in records.labels], np.int64)
         records = dataclasses.replace(records, labels=labels, class_names=names)
     counts = records.class_counts()
-    if sum(v > 0 for v in counts.values()) < 2:
+    if sum(v > 0 for v in counts.values()) < 2 and every_class:
         raise StudyError(f"{where}: the multi-class task needs images in at least two class folders (class counts "
                          f"{counts}); add images, or use --task binary")
     return records
@@ -225,6 +226,8 @@ def prepare_data(config: OCTStudyConfig, say: Callable[[str], None] = print) -> 
         say(f"data: embedded synthetic OCT at {root}")
         labeled_dirs, unlabeled_dirs = [root / "labeled"], [root / "unlabeled"]
         test_dirs = {SYNTHETIC_TEST: root / "test"}
+        # Patients generated for validation only (synthetic validation_patients): inference, never trained on.
+        extra_validation = root / "validation" if (root / "validation").is_dir() else None
         for row in _read_csv(root / "index.csv"):
             volumes[os.path.normpath(str(root / row["file"]))] = row["volume"]
         for row in _read_csv(root / "unlabeled_truth.csv"):
@@ -240,9 +243,10 @@ def prepare_data(config: OCTStudyConfig, say: Callable[[str], None] = print) -> 
                 name = f"{Path(directory).parent.name}_{name}"
             test_dirs[name] = Path(directory)
         source, cluster_unit = str(config.data_dir), "patient"
+        extra_validation = None
         _refuse_shared_folders(config, labeled_dirs[0], unlabeled_dirs, test_dirs)
 
-    def labeled_source(directory: Path) -> Records:
+    def labeled_source(directory: Path, every_class: bool = True) -> Records:
         # An empty disease folder is fine for normal vs abnormal (checked after binarising).
         records = data_checks.track(sources.from_class_folders(directory, allow_empty_classes=True))
         records = data_checks.classes(records, str(directory), normal_class=config.normal_class,
@@ -251,8 +255,8 @@ def prepare_data(config: OCTStudyConfig, say: Callable[[str], None] = print) -> 
         records = data_checks.files(records)
         records = data_checks.two_labels(records, str(directory))
         if config.task == "multiclass":
-            return _multiclass(records, str(directory), config.ignored_classes)
-        return _binary(records, config.normal_class, str(directory), config.ignored_classes)
+            return _multiclass(records, str(directory), config.ignored_classes, every_class)
+        return _binary(records, config.normal_class, str(directory), config.ignored_classes, every_class)
 
     labeled = labeled_source(labeled_dirs[0])
     tests = {}
@@ -275,6 +279,8 @@ def prepare_data(config: OCTStudyConfig, say: Callable[[str], None] = print) -> 
                                             ("train", "validation", "test"), seed=config.seed)
             tests[HELDOUT_TEST] = parts["test"]
         train, validation = parts["train"], parts["validation"]
+        if extra_validation is not None:
+            validation = Records.concat(validation, labeled_source(extra_validation, every_class=False))
         moved = None
         if config.labeled_fraction < 1.0:
             kept = splits.split_by_patient(train, (config.labeled_fraction, 1 - config.labeled_fraction),

@@ -1,0 +1,185 @@
+"""The quick default on several seeds: does validation deploy the right model of each student? (issue 20, item 4)
+
+Runs ``kd-keras run oct --seed S --out <work>/sS --no-progress`` for each seed, one after the other (never two at
+once), records the wall time and the machine's load while it runs (the 1-minute load average every 5 s, and any
+other kd-keras or pytest process seen), then writes the table from the runs' ``results.json``: per seed and
+student, the validation AUC that chose (best epoch) and the held-out test AUC of the baseline and of the
+student-teacher model, which one was deployed and whether that was right (the one with the higher test AUC),
+with each run's time per stage.
+
+Usage (repository root)::
+
+    python benchmarks/quick_default_seeds.py --seeds 0 1 2 --work /tmp/q20 --out docs/quick_default/seeds
+    python benchmarks/quick_default_seeds.py --seeds 0 1 2 --work /tmp/q20 --out docs/quick_default/seeds \
+        --table-only      # the table again from finished runs
+
+A seed whose run finished already (``<work>/sS/results.json`` and ``<work>/sS.run.json``) is not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+TEST_SET = "synthetic_test"
+
+
+def _others(own: int) -> list[str]:
+    """Command lines of kd-keras / pytest processes that are not ``own`` or its children."""
+    found = subprocess.run(["pgrep", "-af", "kd_keras|kd-keras|pytest"], capture_output=True, text=True).stdout
+    mine = {os.getpid(), own}
+    children = subprocess.run(["pgrep", "-P", str(own)], capture_output=True, text=True).stdout.split()
+    mine.update(int(pid) for pid in children)
+    lines = []
+    for line in found.splitlines():
+        pid, _, command = line.partition(" ")
+        if int(pid) not in mine and "pgrep" not in command and "quick_default_seeds" not in command:
+            lines.append(command[:160])
+    return lines
+
+
+def run_seed(seed: int, work: Path, extra: list[str]) -> dict[str, Any]:
+    """One quick-default run with its wall time and the load samples taken while it ran."""
+    out = work / f"s{seed}"
+    command = ["kd-keras", "run", "oct", "--seed", str(seed), "--out", str(out), "--no-progress", "--overwrite",
+               *extra]
+    samples: list[float] = []
+    others: set[str] = set()
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with open(work / f"s{seed}.log", "w") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(5.0):
+                samples.append(os.getloadavg()[0])
+                others.update(_others(process.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = process.wait()
+        done.set()
+        sampler.join()
+    record = {"seed": seed, "command": " ".join(command), "exit_code": code,
+              "wall_s": round(time.perf_counter() - start, 1), "load_before": list(load_before),
+              "load_after": list(os.getloadavg()), "load_1min_samples": samples,
+              "other_processes": sorted(others), "cpus": os.cpu_count()}
+    (work / f"s{seed}.run.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def _auc(entry: dict[str, Any], split: str) -> float | None:
+    return ((entry or {}).get("eval", {}).get(split, {}).get("auc") or {}).get("estimate")
+
+
+def student_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per student: the validation score that chose, the test AUC of both models, the deployed one, and whether
+    it was right (the student-teacher model whenever it is better on the test set, else the baseline)."""
+    rows = []
+    for name, info in results["students"].items():
+        runs = {run["key"]: run for run in info["runs"]}
+        baseline, transfer = info.get("baseline") or {}, info.get("student_teacher") or {}
+        chooser = {side: runs.get(entry.get("key"), {}).get("chosen_val_auc") for side, entry in
+                   (("baseline", baseline), ("student_teacher", transfer))}
+        test = {"baseline": _auc(baseline, TEST_SET), "student_teacher": _auc(transfer, TEST_SET)}
+        better = None
+        if None not in test.values():
+            better = "student_teacher" if test["student_teacher"] > test["baseline"] else "baseline"
+        rows.append({"student": name, "validation_auc": chooser, "test_auc": test, "deployed": info["deployed"],
+                     "better_on_test": better, "right": better is not None and info["deployed"] == better})
+    return rows
+
+
+def summarise(work: Path, seeds: list[int]) -> dict[str, Any]:
+    seeds_out = []
+    for seed in seeds:
+        results = json.loads((work / f"s{seed}" / "results.json").read_text())
+        run = json.loads((work / f"s{seed}.run.json").read_text())
+        samples = run["load_1min_samples"] or [run["load_before"][0]]
+        data = results["data"]
+        seeds_out.append({
+            "seed": seed, "command": run["command"].replace(" --overwrite", ""), "wall_s": run["wall_s"],
+            "timing_seconds": results["timing_seconds"],
+            "load_1min": {"before": run["load_before"][0], "mean": sum(samples) / len(samples), "max": max(samples)},
+            "other_processes": run["other_processes"], "students": student_rows(results),
+            "data": {k: data[k] for k in ("labeled_train", "validation", "validation_patients", "train_patients")},
+            "test_size": data["test_sizes"].get(TEST_SET)})
+    return {"seeds": seeds_out}
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    lines = ["| seed | student | val AUC baseline | val AUC student-teacher | test AUC baseline | "
+             "test AUC student-teacher | deployed | better on test | decision right |",
+             "|---:|---|---:|---:|---:|---:|---|---|---|"]
+    for entry in summary["seeds"]:
+        for row in entry["students"]:
+            lines.append(f"| {entry['seed']} | {row['student']} | {_f(row['validation_auc']['baseline'])} | "
+                         f"{_f(row['validation_auc']['student_teacher'])} | {_f(row['test_auc']['baseline'])} | "
+                         f"{_f(row['test_auc']['student_teacher'])} | {row['deployed']} | "
+                         f"{row['better_on_test']} | {'yes' if row['right'] else '**no**'} |")
+    stages = list(summary["seeds"][0]["timing_seconds"])
+    lines += ["", "| seed | wall s | load 1-min (before / mean / max) | other kd-keras or pytest processes | "
+              + " | ".join(f"{s} s" for s in stages) + " |", "|---:|---:|---|---|" + "---:|" * len(stages)]
+    for entry in summary["seeds"]:
+        load = entry["load_1min"]
+        others = "; ".join(entry["other_processes"]) or "none"
+        lines.append(f"| {entry['seed']} | {entry['wall_s']:.0f} | {load['before']:.2f} / {load['mean']:.2f} / "
+                     f"{load['max']:.2f} | {others} | "
+                     + " | ".join(f"{entry['timing_seconds'].get(s, 0):.0f}" for s in stages) + " |")
+    first = summary["seeds"][0]
+    right = sum(r["right"] for e in summary["seeds"] for r in e["students"])
+    total = sum(len(e["students"]) for e in summary["seeds"])
+    lines += ["", f"Validation {first['data']['validation']} B-scans from {first['data']['validation_patients']} "
+              f"patients, {first['data']['labeled_train']} labeled training B-scans from "
+              f"{first['data']['train_patients']} patients, test {first['test_size']} B-scans. "
+              f"Right decisions: {right} of {total}.", "", "Commands:", ""]
+    lines += [f"    {entry['command']}" for entry in summary["seeds"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--work", default="/tmp/q20", help="run folders <work>/s<seed> and their run records")
+    parser.add_argument("--out", default="docs/quick_default/seeds", help="table as <out>.md and <out>.json")
+    parser.add_argument("--table-only", action="store_true", help="write the table from finished runs")
+    parser.add_argument("extra", nargs="*", help="more kd-keras run oct options (after --)")
+    args = parser.parse_args(argv)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if not args.table_only:
+        for seed in args.seeds:
+            if (work / f"s{seed}" / "results.json").is_file() and (work / f"s{seed}.run.json").is_file():
+                continue
+            record = run_seed(seed, work, args.extra)
+            print(f"seed {seed}: exit {record['exit_code']}, {record['wall_s']} s, load "
+                  f"{min(record['load_1min_samples'] or [0]):.2f}-{max(record['load_1min_samples'] or [0]):.2f}",
+                  flush=True)
+            if record["exit_code"]:
+                print(f"seed {seed} failed: see {work / f's{seed}.log'}", file=sys.stderr)
+                return 1
+    summary = summarise(work, args.seeds)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    text = markdown(summary)
+    out.with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
