@@ -16,7 +16,11 @@ Usage (repository root)::
         --work /tmp/goals --out docs/latency/goals
 
 Files already in ``--work`` (``<model>.keras`` with ``<model>_fp32.tflite`` etc., as ``kd-keras latency
---work-dir`` writes them) are reused.
+--work-dir`` writes them) are reused; ``--prepare-only`` converts and checks them without timing (the conversions
+need no quiet machine, the timing does).
+
+``--batch-sizes 1 4 16``: every file is timed at each batch size in the same rounds, and each model's cell is
+its fastest batch (shown): how a deployment would run it. The default (16) is the earlier runs' setting.
 """
 
 from __future__ import annotations
@@ -77,6 +81,9 @@ def main(argv=None) -> int:
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16],
+                        help="time every file at each; a cell is the model's fastest batch")
+    parser.add_argument("--prepare-only", action="store_true", help="convert and check the files, no timing")
     parser.add_argument("--work", required=True)
     parser.add_argument("--out", default="docs/latency/goals")
     args = parser.parse_args(argv)
@@ -110,12 +117,20 @@ def main(argv=None) -> int:
             info[name]["parity"][f"{runtime} {precision}"] = {"passed": report.passed,
                                                               "max_relative_diff": report.max_relative_diff,
                                                               "decision_agreement": report.decision_agreement}
-            settings.append(Setting(f"{name} {runtime} {precision}", path, runtime, threads=args.threads))
+            settings += [Setting(f"{name} {runtime} {precision} b{batch}", path, runtime, batch_size=batch,
+                                 threads=args.threads) for batch in args.batch_sizes]
         print(f"{name}: files ready, parity " + ", ".join(f"{k} {'passed' if v['passed'] else 'FAILED'}"
                                                           for k, v in info[name]["parity"].items()), flush=True)
+    if args.prepare_only:
+        return 0
 
     rows = interleaved_latency(settings, num_images=args.num_images, repeats=args.repeats)
-    median = {row["label"]: row["median_s"] for row in rows}
+    # Each (model, runtime, precision) at its fastest batch size.
+    median, batch_of = {}, {}
+    for row in rows:
+        key = row["label"].rsplit(" b", 1)[0]
+        if key not in median or row["median_s"] < median[key]:
+            median[key], batch_of[key] = row["median_s"], row["batch_size"]
     teacher_macs = info[args.teacher]["macs"]
     summary = []
     teacher_fp32 = min(median[f"{args.teacher} {rt} fp32"] for rt in ("litert", "onnxruntime"))
@@ -126,7 +141,8 @@ def main(argv=None) -> int:
             for precision in PRECISIONS:
                 key = f"{runtime} {precision}"
                 speedup = median[f"{args.teacher} {key}"] / median[f"{name} {key}"]
-                entry["cells"][key] = {"median_s": median[f"{name} {key}"], "speedup_same_precision": speedup,
+                entry["cells"][key] = {"median_s": median[f"{name} {key}"], "batch_size": batch_of[f"{name} {key}"],
+                                       "speedup_same_precision": speedup,
                                        "macs_fraction": speedup / entry["macs_ratio"],
                                        "parity_passed": info[name]["parity"][key]["passed"]}
         passing = {k: c for k, c in entry["cells"].items() if c["parity_passed"]}
@@ -142,6 +158,7 @@ def main(argv=None) -> int:
              "best_student_50x_fp32_teacher": max(e["speedup_vs_fp32_teacher"] for e in students) >= 50}
     record = {"command": "python benchmarks/latency_goals.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "conditions": conditions(), "num_images": args.num_images, "repeats": args.repeats,
+              "batch_sizes": args.batch_sizes,
               "summary": summary, "goals": goals, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,13 +167,17 @@ def main(argv=None) -> int:
     lines = ["| model | MACs ratio | " + " | ".join(f"{k} s/volume (speed-up)" for k in keys)
              + " | fastest passing | best speed-up / MACs ratio | vs fp32 teacher |", "|---|---:|" + "---:|" * 7]
     for e in summary:
-        cells = [f"{e['cells'][k]['median_s']:.3f} ({e['cells'][k]['speedup_same_precision']:.1f}x)"
+        batch = len(args.batch_sizes) > 1
+        cells = [f"{e['cells'][k]['median_s']:.3f} ({e['cells'][k]['speedup_same_precision']:.1f}x"
+                 + (f", b{e['cells'][k]['batch_size']})" if batch else ")")
                  + ("" if e["cells"][k]["parity_passed"] else " parity failed") for k in keys]
         lines.append(f"| {e['model']} | {e['macs_ratio']:.1f} | " + " | ".join(cells)
                      + f" | {e['fastest']} | {e['best_macs_fraction']:.2f} | {e['speedup_vs_fp32_teacher']:.1f}x |")
     load = f"load average {rows[0]['load_before'][0]:.1f} -> {rows[0]['load_after'][0]:.1f}"
-    text = "\n".join(lines) + f"\n\n{args.num_images} images per volume, median of {args.repeats} interleaved " \
-        f"rounds, {load}. Goals: {goals}\n\n" + settings_table(rows) + "\n"
+    batches = f", each file at batch {'/'.join(map(str, args.batch_sizes))} (a cell: its fastest)" if len(
+        args.batch_sizes) > 1 else f", batch {args.batch_sizes[0]}"
+    text = "\n".join(lines) + f"\n\n{args.num_images} images per volume{batches}, median of {args.repeats} " \
+        f"interleaved rounds, {load}. Goals: {goals}\n\n" + settings_table(rows) + "\n"
     out.with_suffix(".md").write_text(text)
     print(text)
     return 0
