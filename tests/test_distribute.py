@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from kd_keras.data import schema
 from kd_keras.engine import Distiller, get_objective, get_strategy, global_batch_size, list_objectives
-from kd_keras.engine.distribute import tf_config_workers
+from kd_keras.engine.distribute import replica_rows, tf_config_workers
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIZE, N = 16, 8
@@ -242,7 +242,31 @@ WORKER = textwrap.dedent("""
     history = distiller.fit(stream.with_options(options), epochs=1, steps_per_epoch=2, verbose=0,
                             shuffle=False)
     np.savez(sys.argv[1], loss=history.history["loss"][-1], *[w.numpy() for w in student.trainable_weights])
+    # Prediction (pseudo-labels, evaluation): every worker passes the same batch and computes only its replica's
+    # share of the rows; each gets every row back, in order.
+    from test_distribute import with_replica_id
+    from kd_keras.engine.distribute import predict_on_batch
+    with strategy.scope():
+        probe = with_replica_id(tiny_model("probe", seed=3))
+    images = make_batch()["image"]
+    outputs = {}
+    for rows in (8, 7, 1):
+        outputs[f"logits{rows}"], outputs[f"replica{rows}"] = predict_on_batch(probe, images[:rows])
+    np.savez(sys.argv[1].replace(".npz", "_predict.npz"), **outputs)
 """)
+
+
+class ReplicaId(keras.layers.Layer):
+    """Which replica computed each row (0 outside a strategy's replicas)."""
+
+    def call(self, x):
+        context = tf.distribute.get_replica_context()
+        replica = context.replica_id_in_sync_group if context is not None else 0
+        return tf.fill([tf.shape(x)[0], 1], tf.cast(replica, tf.float32))
+
+
+def with_replica_id(model: keras.Model) -> keras.Model:
+    return keras.Model(model.input, [model.output, ReplicaId(name="replica")(model.output)])
 
 
 def free_port() -> int:
@@ -314,6 +338,16 @@ def test_two_workers_on_loopback_match_one_device(tmp_path, strategies):
             assert float(saved["loss"]) == pytest.approx(history.history["loss"][-1], abs=1e-5)
             for i, reference in enumerate(student.trainable_weights):
                 np.testing.assert_allclose(saved[f"arr_{i}"], reference.numpy(), atol=1e-5)
+    probe = tiny_model("probe", seed=3)  # the workers' probe, on one device
+    for index in range(2):
+        with np.load(tmp_path / f"worker{index}_predict.npz") as saved:
+            for rows in (8, 7, 1):
+                np.testing.assert_allclose(saved[f"logits{rows}"], probe(make_batch()[schema.IMAGE][:rows]).numpy(),
+                                           atol=1e-5)
+                # Worker r (replica r) computed the rows of share r: half the model's work each.
+                shares = replica_rows(rows, 2)
+                assert saved[f"replica{rows}"][:, 0].tolist() == [r for r, (a, b) in enumerate(shares)
+                                                                  for _ in range(b - a)]
 
 
 def bn_model(name: str, seed: int) -> keras.Model:

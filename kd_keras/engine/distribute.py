@@ -243,19 +243,18 @@ def replica_rows(rows: int, replicas: int) -> list[tuple[int, int]]:
 
 
 def _replica_predict(model: Any, strategy: tf.distribute.Strategy) -> Any:
-    """A ``tf.function``: one batch split over every replica of ``strategy`` (:func:`replica_rows`), each replica
-    calling ``model`` on its share, the outputs (float32) gathered back in row order on this worker."""
+    """A ``tf.function``: a batch of ``replicas * share`` rows split over every replica of ``strategy`` (replica
+    ``r`` calls ``model`` on rows ``r * share`` to ``(r + 1) * share``), the outputs (float32) gathered back in row
+    order on this worker."""
     cached = getattr(model, "_kd_replica_predict", None)
     if cached is not None and cached[0] is strategy:
         return cached[1]
 
     def on_replica(images: tf.Tensor) -> Any:
         context = tf.distribute.get_replica_context()
-        replica, replicas = context.replica_id_in_sync_group, context.num_replicas_in_sync
-        rows = tf.shape(images)[0]
-        share = (rows + replicas - 1) // replicas  # replica_rows, in graph
-        start = tf.minimum(replica * share, rows)
-        outputs = model(images[start : tf.minimum(start + share, rows)], training=False)
+        share = tf.shape(images)[0] // context.num_replicas_in_sync
+        start = context.replica_id_in_sync_group * share
+        outputs = model(images[start : start + share], training=False)
         return tf.nest.map_structure(lambda value: tf.cast(value, tf.float32), outputs)
 
     @tf.function(reduce_retracing=True)
@@ -273,12 +272,12 @@ def predict_on_batch(model: Any, images: Any) -> Any:
 
     On one replica this is Keras' ``predict_on_batch``. Under a strategy with several replicas (Keras' own
     ``predict_on_batch`` would hand the whole batch to every replica and return every row once per replica) the
-    batch is split over **every** replica, each predicting a contiguous share (:func:`replica_rows`; a batch
-    smaller than the number of replicas leaves some shares empty), and the outputs are gathered back in the
-    original row order. Under ``MultiWorkerMirroredStrategy`` each worker passes the same batch, computes only
-    the rows of its own replicas (1/N of the model's work on N workers) and gets every row back (an
-    all-gather): every worker must make the same calls in the same order, as in training. Mixed-precision
-    outputs (float16, bfloat16) are returned as float32.
+    batch is split over **every** replica, each predicting a contiguous share (:func:`replica_rows`; the batch is
+    padded with blank rows to equal shares of at least one row, whose outputs are dropped), and the outputs are
+    gathered back in the original row order. Under ``MultiWorkerMirroredStrategy`` each worker passes the same
+    batch, computes only the rows of its own replicas (1/N of the model's work on N workers: the teacher's
+    pseudo-labels of a pool, evaluation) and gets every row back (an all-gather): every worker must make the same
+    calls in the same order, as in training. Mixed-precision outputs (float16, bfloat16) are returned as float32.
 
     Example:
         >>> logits = predict_on_batch(student, images)  # (len(images), classes) float32
@@ -287,7 +286,14 @@ def predict_on_batch(model: Any, images: Any) -> Any:
     if strategy is None or strategy.num_replicas_in_sync == 1:
         outputs = model.predict_on_batch(images)
     else:
-        outputs = _replica_predict(model, strategy)(tf.convert_to_tensor(images))
+        images = tf.convert_to_tensor(images)
+        rows, replicas = int(images.shape[0]), strategy.num_replicas_in_sync
+        # Padded with blank rows to equal shares of at least one row: an empty share fails in some kernels
+        # (a convolution of an empty batch under MultiWorkerMirroredStrategy) and equal shares gather evenly.
+        padding = max(1, -(-rows // replicas)) * replicas - rows
+        if padding:
+            images = tf.concat([images, tf.zeros((padding, *images.shape[1:]), images.dtype)], axis=0)
+        outputs = tf.nest.map_structure(lambda value: value[:rows], _replica_predict(model, strategy)(images))
     return tf.nest.map_structure(lambda value: np.asarray(value).astype(np.float32, copy=False), outputs)
 
 
