@@ -41,8 +41,21 @@ def _others(own: int) -> list[str]:
     for line in found.splitlines():
         pid, _, command = line.partition(" ")
         if int(pid) not in mine and "pgrep" not in command and "quick_default_seeds" not in command:
-            lines.append(command[:160])
+            lines.append(command)
     return lines
+
+
+def _short(command: str) -> str | None:
+    """A process named for the table: ``pytest <test file>``, ``kd-keras run <out>``; wrappers and the latency
+    workers of other runs are left out (their parents are listed)."""
+    words = command.split()
+    if not words or words[0] in ("timeout", "nice") or words[0].endswith("/time") or "--worker" in words:
+        return None
+    if "pytest" in command:
+        return "pytest " + next((w for w in words if w.startswith("tests/")), "(a test's subprocess)")
+    if "kd-keras" in command:
+        return "kd-keras run" + (f" --out {words[words.index('--out') + 1]}" if "--out" in words[:-1] else "")
+    return " ".join(words[:3])[:80]
 
 
 def run_seed(seed: int, work: Path, extra: list[str]) -> dict[str, Any]:
@@ -110,7 +123,8 @@ def summarise(work: Path, seeds: list[int]) -> dict[str, Any]:
             "seed": seed, "command": run["command"].replace(" --overwrite", ""), "wall_s": run["wall_s"],
             "timing_seconds": results["timing_seconds"],
             "load_1min": {"before": run["load_before"][0], "mean": sum(samples) / len(samples), "max": max(samples)},
-            "other_processes": run["other_processes"], "students": student_rows(results),
+            "other_processes": sorted({n for n in map(_short, run["other_processes"]) if n}),
+            "students": student_rows(results),
             "data": {k: data[k] for k in ("labeled_train", "validation", "validation_patients", "train_patients")},
             "test_size": data["test_sizes"].get(TEST_SET)})
     return {"seeds": seeds_out}
