@@ -112,13 +112,13 @@ def latency_stage(ctx: RunContext) -> dict[str, Any]:
     parity_images = parity_labels = calibration = None
     if precisions != ("fp32",):
         parity_images, parity_labels, calibration = _parity_and_calibration(ctx, student_preprocess(config))
-    # The export stage's files of each deployed student are timed as they are (parity is measured again here);
-    # only what it did not write (the teacher's files, ONNX int8, a file that missed its gate) is converted.
+    # The export stage's files of each deployed student (``.failed`` ones too) are timed as they are, their parity
+    # measured again here; only what it did not write (the teacher's files, ONNX int8) is converted.
     exported = {}
     for name, target in zip(config.students, targets, strict=True):
         files = ctx.outputs.get("export", {}).get(name, {}).get("files", [])
         exported[target] = {("." + f["format"], f["variant"]): f["path"] for f in files
-                            if f["format"] in ("tflite", "onnx") and not f["path"].endswith(".failed")}
+                            if f["format"] in ("tflite", "onnx")}
     ctx.say(f"latency: {config.images_per_volume} images per volume, runtimes {list(config.latency_runtimes)}, "
              f"precisions {list(precisions)}, {config.latency_threads} threads, median of {config.latency_repeats}")
     measured = benchmark(targets, teacher=str(teacher_path), runtimes=config.latency_runtimes, precisions=precisions,
