@@ -245,13 +245,14 @@ WORKER = textwrap.dedent("""
     # Prediction (pseudo-labels, evaluation): every worker passes the same batch and computes only its replica's
     # share of the rows; each gets every row back, in order.
     from test_distribute import with_replica_id
-    from kd_keras.engine.distribute import predict_on_batch
+    from kd_keras.engine.distribute import local_rows, predict_on_batch
     with strategy.scope():
         probe = with_replica_id(tiny_model("probe", seed=3))
     images = make_batch()["image"]
     outputs = {}
     for rows in (8, 7, 1):
         outputs[f"logits{rows}"], outputs[f"replica{rows}"] = predict_on_batch(probe, images[:rows])
+        outputs[f"here{rows}"] = local_rows(rows, strategy)
     np.savez(sys.argv[1].replace(".npz", "_predict.npz"), **outputs)
 """)
 
@@ -348,6 +349,7 @@ def test_two_workers_on_loopback_match_one_device(tmp_path, strategies):
                 shares = replica_rows(rows, 2)
                 assert saved[f"replica{rows}"][:, 0].tolist() == [r for r, (a, b) in enumerate(shares)
                                                                   for _ in range(b - a)]
+                assert int(saved[f"here{rows}"]) == shares[index][1] - shares[index][0]  # what it counts
 
 
 def bn_model(name: str, seed: int) -> keras.Model:

@@ -22,6 +22,7 @@ from kd_keras.engine.distribute import (
     check_scale,
     default_jit_compile,
     float32_model,
+    local_rows,
     predict_on_batch,
     replica_rows,
     run_scope,
@@ -200,6 +201,7 @@ def test_predict_on_batch_under_two_replicas_uses_both_and_keeps_the_rows_in_ord
         shares = replica_rows(rows, 2)
         assert replica[:, 0].tolist() == [r for r, (a, b) in enumerate(shares) for _ in range(b - a)]
         assert not alone.any()
+        assert local_rows(rows, two.distribute_strategy) == local_rows(rows) == rows  # one worker: every row here
 
 
 # The OCT smoke run with SGD at a small learning rate: the optimiser does not amplify the float round-off of the

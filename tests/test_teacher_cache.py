@@ -121,6 +121,7 @@ def test_cached_outputs_equal_direct_predict(teacher, records, reference, tmp_pa
     assert isinstance(cache.logits._shard(0), np.memmap)
     # One teacher call per batch: ceil(6/4) * 3 + ceil(4/4) = 7.
     assert count_teacher_calls["n"] == 7 == cache.build_stats["teacher_batches"]
+    assert cache.build_stats["examples_computed_here"] == NUM_IMAGES  # one process, one replica: all of them
     # Lookup by index, any order and shape; negative indices as NumPy; out of range is an error.
     rows = np.array([[21, 0], [7, 6]])
     np.testing.assert_allclose(cache.lookup(rows), reference["logits"][rows], rtol=1e-6, atol=1e-6)

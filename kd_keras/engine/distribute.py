@@ -33,8 +33,8 @@ import numpy as np
 import tensorflow as tf
 
 __all__ = ["PRECISIONS", "STRATEGIES", "ScaleError", "check_scale", "configure_logical_cpus", "default_jit_compile",
-           "float32_model", "get_strategy", "global_batch_size", "predict_on_batch", "replica_rows", "run_scope",
-           "tf_config_workers"]
+           "float32_model", "get_strategy", "global_batch_size", "local_rows", "predict_on_batch", "replica_rows",
+           "run_scope", "tf_config_workers"]
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -240,6 +240,24 @@ def replica_rows(rows: int, replicas: int) -> list[tuple[int, int]]:
     """
     share = -(-int(rows) // int(replicas))
     return [(min(r * share, rows), min((r + 1) * share, rows)) for r in range(int(replicas))]
+
+
+def local_rows(rows: int, strategy: tf.distribute.Strategy | None = None) -> int:
+    """How many of a batch's ``rows`` this process's replicas compute in :func:`predict_on_batch` under
+    ``strategy`` (default: the current one): all of them on one worker, about ``rows / N`` on each of N workers.
+
+    Example:
+        >>> local_rows(64)  # no strategy: one replica, every row
+        64
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1:
+        return int(rows)
+    here = len(getattr(strategy.extended, "worker_devices", ())) or replicas
+    # MultiWorkerMirroredStrategy numbers the replicas worker k holds k * here to k * here + here - 1.
+    first = int(getattr(strategy.extended, "_id_in_cluster", 0) or 0) * here
+    return sum(stop - start for start, stop in replica_rows(rows, replicas)[first : first + here])
 
 
 def _replica_predict(model: Any, strategy: tf.distribute.Strategy) -> Any:

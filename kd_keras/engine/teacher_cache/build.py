@@ -99,6 +99,7 @@ class _Teacher:
         self.input_shape = tuple(input_shape)
         self._model = None
         self.calls = 0
+        self.rows_here = 0  # rows this process's replicas computed (1/N of them on each of N workers)
 
     def _build(self):
 
@@ -130,9 +131,10 @@ class _Teacher:
         if self._model is None:
             self._build()
         self.calls += 1
-        from kd_keras.engine.distribute import predict_on_batch
+        from kd_keras.engine.distribute import local_rows, predict_on_batch
 
         outputs = predict_on_batch(self._model, images)  # float32, right under any strategy
+        self.rows_here += local_rows(len(images), self._model.distribute_strategy)
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         return [np.asarray(o) for o in outputs]
 
@@ -298,6 +300,7 @@ def _build(
         "shards_reused": 0,
         "teacher_batches": 0,
         "examples_computed": 0,
+        "examples_computed_here": 0,  # by this worker's replicas: predict_on_batch splits a batch over workers
     }
 
     if (cache_dir / MANIFEST).is_file():  # complete: no teacher, not even loaded
@@ -331,6 +334,7 @@ def _build(
         stats["shards_computed"] += 1
         stats["teacher_batches"] += runner.calls - calls
         stats["examples_computed"] += stop - start
+        stats["examples_computed_here"] = runner.rows_here
         if on_shard_done is not None:
             on_shard_done(shard)
     stats["seconds"] = time.perf_counter() - started
