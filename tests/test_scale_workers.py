@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,7 +94,8 @@ def test_two_workers_on_loopback_run_the_smoke_preset_end_to_end(tmp_path):
     if done.returncode and any(s in text for s in _LOOPBACK_UNAVAILABLE):
         pytest.skip("the collective could not start on 127.0.0.1 in this sandbox: " + text.strip()[-300:])
     assert done.returncode == 0, text[-4000:]
-    assert "MultiWorkerMirroredStrategy with 2 replicas" in text
+    # TensorFlow's class of MultiWorkerMirroredStrategy is CollectiveAllReduceStrategy (the name the run prints).
+    assert re.search(r"(MultiWorkerMirrored|CollectiveAllReduce)Strategy with 2 replicas", text), text[-2000:]
     chief = json.loads((out / "results.json").read_text())
     other = json.loads((tmp_path / "run.worker1" / "results.json").read_text())
     assert chief["run"]["replicas"] == other["run"]["replicas"] == 2
@@ -102,3 +104,11 @@ def test_two_workers_on_loopback_run_the_smoke_preset_end_to_end(tmp_path):
     runs = [[(run["key"], run["test_auc"], run["grid"][0]["loss"]) for student in r["students"].values()
              for run in student["runs"]] for r in (chief, other)]
     assert runs[0] and runs[0] == runs[1]
+    # The pool's pseudo-labels: each worker ran the teacher on its half of every batch (predict_on_batch splits
+    # a batch over the workers' replicas) and both got every row: the same labels.
+    built = [r["pseudo_labels"]["cache_build"] for r in (chief, other)]
+    total = built[0]["examples_computed"]
+    assert total == built[1]["examples_computed"] > 1
+    here = sorted(b["examples_computed_here"] for b in built)
+    assert sum(here) == total and here[1] - here[0] <= built[0]["teacher_batches"], built  # <= a row a batch
+    assert chief["pseudo_labels"]["pseudo_label_counts"] == other["pseudo_labels"]["pseudo_label_counts"]
