@@ -177,9 +177,9 @@ def test_a_seeded_augmented_stream_gives_two_replicas_the_batches_of_one_device(
         keras.utils.set_random_seed(5)
         with strategy.scope():
             student = tiny_model("student", seed=1)
-            distiller = Distiller(student, tiny_model("teacher", seed=2))
-            distiller.compile(keras.optimizers.SGD(0.5), objective=get_objective("hinton", alpha=0.3))
-            augmenter = build_augmenter(flip="horizontal", rotation_degrees=15, seed=0)
+            distiller = Distiller(student, None)
+            distiller.compile(keras.optimizers.SGD(0.5), objective="hard_label")
+            augmenter = build_augmenter(flip="horizontal", seed=0)
         stream = make_dataset(records, PreprocessConfig((SIZE, SIZE), channels=1), N, repeat=True, seed=3,
                               augmenter=augmenter)
         distiller.fit(stream, epochs=1, steps_per_epoch=2, verbose=0, shuffle=False)
