@@ -11,6 +11,8 @@
 
 :func:`run_scope` is what the study runner enters for a whole run: devices, strategy scope, Keras
 mixed-precision policy and the default ``jit_compile`` of every ``Distiller.compile`` (restored afterwards).
+:func:`predict_on_batch` (pseudo-labels, validation, evaluation) splits a batch over every replica, of every
+worker, and gathers the rows back in order (:func:`replica_rows`, :func:`local_rows`).
 
 Example:
     >>> strategy = get_strategy("auto")
