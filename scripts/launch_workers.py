@@ -5,7 +5,8 @@ Two jobs:
 - ``run``: every worker runs the same study under ``MultiWorkerMirroredStrategy`` (``--strategy multiworker`` is
   added when the command does not name a strategy). Worker 0 (the chief) writes to ``--out``; worker ``i``
   writes its own copy to ``<out>.worker<i>`` (checkpoints must not collide; its results are the chief's) and
-  its output to ``<out>.worker<i>.log``.
+  its output to ``<out>.worker<i>.log``. The workers share the teacher's pool labelling and the evaluations
+  batch by batch (each runs the model on its 1/N of every batch: ``kd_keras.engine.distribute.predict_on_batch``).
 - ``cache build``: worker ``i`` computes part ``i/N`` of the teacher cache (``--shard i/N``), then one
   ``kd-keras cache merge`` with the same options checks the parts and writes the manifest.
 
