@@ -277,10 +277,18 @@ def _replica_predict(model: Any, strategy: tf.distribute.Strategy) -> Any:
         outputs = model(images[start : start + share], training=False)
         return tf.nest.map_structure(lambda value: tf.cast(value, tf.float32), outputs)
 
+    multi_worker = getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)()
+
+    def gather(value: Any) -> tf.Tensor:
+        if multi_worker:  # the other workers' rows: an all-gather
+            return strategy.gather(value, axis=0)
+        # One worker: its replicas' results in replica order, joined without a collective (collective keys of two
+        # MirroredStrategy objects over the same devices collide in one process).
+        return tf.concat(strategy.experimental_local_results(value), axis=0)
+
     @tf.function(reduce_retracing=True)
     def predict(images: tf.Tensor) -> Any:
-        outputs = strategy.run(on_replica, args=(images,))
-        return tf.nest.map_structure(lambda value: strategy.gather(value, axis=0), outputs)
+        return tf.nest.map_structure(gather, strategy.run(on_replica, args=(images,)))
 
     model._kd_replica_predict = (strategy, predict)
     return predict
