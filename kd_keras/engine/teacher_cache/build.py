@@ -134,7 +134,7 @@ class _Teacher:
         from kd_keras.engine.distribute import local_rows, predict_on_batch
 
         outputs = predict_on_batch(self._model, images)  # float32, right under any strategy
-        self.rows_here += local_rows(len(images), self._model.distribute_strategy)
+        self.rows_here += local_rows(len(images), getattr(self._model, "distribute_strategy", None))
         outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         return [np.asarray(o) for o in outputs]
 
