@@ -29,6 +29,7 @@ OLD_DEMO = dict(image_size=64, teacher_weights=None, student_weights=None, label
                 finetune_epochs=4, student_epochs=3, student_finetune_epochs=3, baseline_epochs=4, batch_size=16,
                 simclr_lr=1e-3, finetune_lr=1e-3, student_lr=1e-2, baseline_lr=1e-3, n_boot=100, tsne_points=200,
                 synthetic_patients=60)
+OLD_DEMO["synthetic_test_patients"] = 150  # issue 21: 300 more test images (test-only patients, no training label)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,8 @@ def test_simclr_distill_demo_runs_every_stage_and_baseline(smoke_run):
     for name, stage in stages.items():
         assert stage["loss"] and all(math.isfinite(v) for v in stage["loss"]), name
     split = results["split"]
+    # 12 patients (24 images) are split into labeled, pool and test; 3 test-only patients add 6 test images.
+    assert split["labeled"] + split["pool"] + split["test"] == 24 + 6 and split["test"] >= 6
     pseudo = results["pseudo_labels"]
     assert pseudo["total"] == split["pool"] and 0 <= pseudo["positive"] <= pseudo["total"]
     assert pseudo["rule"] == "positive-class probability > 0.5"
@@ -71,6 +74,8 @@ def test_simclr_distill_demo_runs_every_stage_and_baseline(smoke_run):
     assert (out / "tsne.png").stat().st_size > 1000
     report = (out / "report.md").read_text()
     assert "AUC (%)" in report and "Proposed: SimCLR + KD student" in proc.stdout
+    assert "Paper's finding (each of the SimCLR + KD student, FixMatch and MixMatch above supervised" in report
+    assert "test images: the SimCLR + KD student" in proc.stdout
 
 
 def test_killed_mid_training_and_resumed_from_config_ends_with_the_same_numbers(smoke_run, tmp_path):

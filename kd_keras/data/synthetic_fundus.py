@@ -379,3 +379,37 @@ def generate_synthetic_fundus(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return root
+
+
+# A test-only set's seed is the run's seed plus this offset: its patients are drawn apart from the training ones.
+TEST_ONLY_SEED_OFFSET = 1_000_003
+
+
+def test_only_fundus(out_dir: str | os.PathLike, config: SyntheticFundusConfig):
+    """Generates (or finds) synthetic fundus photographs of test-only patients and loads them as EyePACS grades.
+
+    The demos' test sets are otherwise a fifth of 60 patients (24 images, CIs tens of points wide); more test-only
+    patients cost inference only and add no training label. The images come from the same generator settings
+    with the seed ``config.seed + TEST_ONLY_SEED_OFFSET`` (other patients than any training set of seed
+    ``config.seed``), and their patient ids are prefixed ``test-`` so none collides with a training patient's.
+
+    Args:
+        out_dir: the test-only dataset's folder.
+        config: the training data's generator settings; ``config.patients`` is the number of test-only patients.
+
+    Returns:
+        :class:`~kd_keras.data.records.Records` of DR grades 0-4 (apply a task such as ``referable_dr``).
+
+    Example:
+
+    ```python
+    extra = test_only_fundus(out / "data" / "fundus_test", SyntheticFundusConfig(patients=150, image_size=64))
+    ```
+    """
+    from kd_keras.data.source_tables import eyepacs
+
+    config = dataclasses.replace(config, seed=config.seed + TEST_ONLY_SEED_OFFSET)
+    root = generate_synthetic_fundus(out_dir, config)
+    records = eyepacs(root / "trainLabels.csv", root / "train")
+    patients = np.array([f"test-{p}" for p in records.patients], dtype=object)
+    return dataclasses.replace(records, patients=patients)

@@ -61,6 +61,8 @@ class SimCLRConfig(ScaleSettings):
         extra_tests: more test sets, each a messidor CSV as CSV[:IMAGE_DIR] or a class-folder root.
         synthetic_patients: patients of the generated fundus data when ``data`` is None (demo 60, smoke 12).
         synthetic_difficulty: lesion difficulty of the generated data, 0 (obvious) to 1.
+        synthetic_test_patients: generated patients added to the test set only (no training label; demo 150, 300
+            images: a test set whose CIs mean something; :func:`kd_keras.data.synthetic_fundus.test_only_fundus`).
         labeled_fraction: share of the training patients whose labels are used [0.02]; the rest is the pool.
         test_fraction: share of the patients held out as the test set.
         held_out_overlap: an extra test image that is also a training (labeled or pool) image is always
@@ -134,6 +136,7 @@ class SimCLRConfig(ScaleSettings):
     extra_tests: tuple[str, ...] = ()
     synthetic_patients: int = 0
     synthetic_difficulty: float = 0.5
+    synthetic_test_patients: int = 0
     image_size: int = 299
     channels: int = 3
     labeled_fraction: float = 0.02
@@ -212,8 +215,9 @@ class SimCLRConfig(ScaleSettings):
         for name in (*epochs, "batch_size", "simclr_batch_size", "fixmatch_ratio", "mixmatch_ratio"):
             if getattr(self, name) < 1:
                 raise SimCLRError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.synthetic_patients < 0 or self.n_boot < 0 or self.tsne_points < 2:
-            raise SimCLRError("--synthetic-patients and --n-boot must be >= 0 and --tsne-points >= 2")
+        if min(self.synthetic_patients, self.synthetic_test_patients, self.n_boot) < 0 or self.tsne_points < 2:
+            raise SimCLRError("--synthetic-patients, --synthetic-test-patients and --n-boot must be >= 0 and "
+                              "--tsne-points >= 2")
         check_data_settings(self, SimCLRError)
 
 
@@ -247,9 +251,11 @@ PRESETS: dict[str, dict[str, Any]] = {
                   fixmatch_ratio=7, fixmatch_threshold=0.95, fixmatch_lambda_u=1.0, mixmatch_ratio=1,
                   mixmatch_lambda_u=100.0, mixmatch_rampup_steps=16000, mixmatch_temperature=0.5,
                   mixmatch_alpha=0.75, bn_recalibration_batches=0),
-    # `--demo`: the old script's DEMO dict and DEMO_PATIENTS, unchanged.
+    # `--demo`: the old script's DEMO dict and DEMO_PATIENTS, and 150 test-only patients (300 more test images,
+    # inference only: issue 21 - a 24-image test set could not show a difference between methods).
     "demo": dict(
-        synthetic_patients=60, image_size=64, teacher_weights=None, student_weights=None, labeled_fraction=0.2,
+        synthetic_patients=60, synthetic_test_patients=150, image_size=64, teacher_weights=None,
+        student_weights=None, labeled_fraction=0.2,
         simclr_epochs=3, finetune_epochs=4, student_epochs=3, student_finetune_epochs=3, baseline_epochs=4,
         batch_size=16, simclr_lr=1e-3, finetune_lr=1e-3, student_lr=1e-2, baseline_lr=1e-3, n_boot=100,
         tsne_points=200,
@@ -261,7 +267,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # of ResNet50/DenseNet keep it short (the protocol and its plumbing are the same). SimCLR gets 2 epochs so
     # the resume test can kill a training between its two epochs.
     "smoke": dict(
-        synthetic_patients=12, image_size=32, teacher_weights=None, student_weights=None, labeled_fraction=0.3,
+        synthetic_patients=12, synthetic_test_patients=3, image_size=32, teacher_weights=None, student_weights=None,
+        labeled_fraction=0.3,
         simclr_epochs=2, finetune_epochs=1, student_epochs=1, student_finetune_epochs=1, baseline_epochs=1,
         batch_size=8, simclr_lr=1e-3, finetune_lr=1e-3, student_lr=1e-2, baseline_lr=1e-3, n_boot=0,
         tsne_points=40, test_fraction=0.3, teacher="simple10", student="vgg16_d4", mixmatch_rampup_steps=2,

@@ -52,6 +52,7 @@ from kd_keras.studies.simclr_config import (
     SimCLRError,
     adjust_settings,
 )
+from kd_keras.studies.simclr_report import report_text, summary_lines, write_report
 from kd_keras.studies.simclr_stages import (
     SimCLRData,
     baseline_stage,
@@ -174,51 +175,3 @@ class SimCLRStudy(Study):
 
 STUDY = SimCLRStudy()
 
-
-def report_text(results: dict[str, Any]) -> str:
-    """``report.md``: AUC [95% CI] of every method on every test set, the pseudo-labels, the t-SNE."""
-    from kd_keras.evaluation.report import batch_norm_sentence, format_ci, markdown_table
-    from kd_keras.studies.data_checks import data_checks_section
-
-    config = results["config"]
-    tests = [t for t in results["split"] if t not in ("labeled", "pool")]
-    rows = [[METHODS.get(m, m), *[format_ci(results["test"][m][t]["auc"]) for t in tests]]
-            for m in ("supervised", "supervised_full", "fixmatch", "mixmatch", "teacher", "student")
-            if m in results["test"]]
-    pl = results["pseudo_labels"]
-    lines = [
-        "# Study 003: SimCLR pretraining + knowledge distillation",
-        "",
-        f"Labeled fraction {config['labeled_fraction']:g} ({results['split']['labeled']} images), pool "
-        f"{results['split']['pool']}; {config['image_size']} px; teacher {config['teacher']} (SimCLR "
-        f"{config['simclr_epochs']} epochs), student {config['student']}"
-        f"{'' if config['student'] == 'densenet161' else ' (the paper: DenseNet-161)'}; supervised baselines "
-        f"{config.get('supervised_model') or config['teacher']}.",
-        batch_norm_sentence(config["bn_recalibration_batches"]),
-        "",
-        "## AUC (%) [95% CI, patient-clustered bootstrap]",
-        "",
-        markdown_table(["Method", *tests], rows),
-        "",
-        f"Pseudo-labels: {pl['positive']} of {pl['total']} positive at the operating point "
-        f"{pl.get('operating_point', 0.5)} (threshold {pl.get('threshold', 0.5):.3f}; labeled prevalence "
-        f"{100 * pl.get('labeled_prevalence', float('nan')):.0f}%); agreement with the hidden labels "
-        f"{100 * pl['agreement_with_hidden_labels']:.1f}%.",
-        "",
-        "![t-SNE](tsne.png)",
-        "",
-        data_checks_section(results),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(results: dict[str, Any], out: str | Path) -> Path:
-    """Write ``report.md`` (:func:`report_text`) into ``out``; returns its path."""
-    path = Path(out) / "report.md"
-    path.write_text(report_text(results))
-    return path
-
-
-def summary_lines(results: dict[str, Any]) -> list[str]:
-    """The report as printed at the end of a run (what the script printed before the runner)."""
-    return report_text(results).rstrip("\n").splitlines()

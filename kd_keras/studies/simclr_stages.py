@@ -114,6 +114,8 @@ def prepare_data(config: SimCLRConfig, out: Path, say: Callable[[str], None] = p
 
     Returns:
         :class:`SimCLRData`; the pool's ``labeled`` flags are all false (its labels only score pseudo-labels).
+        With generated data and ``synthetic_test_patients``, the test set also holds that many test-only
+        patients (:func:`kd_keras.data.synthetic_fundus.test_only_fundus`); the training split is unchanged.
 
     Example:
         >>> data = prepare_data(resolve_config(SimCLRConfig, PRESETS, preset="smoke"), Path("runs/simclr"))
@@ -124,15 +126,20 @@ def prepare_data(config: SimCLRConfig, out: Path, say: Callable[[str], None] = p
 
     checks = DataChecks.of(config, say, SimCLRError)
     classes = {"abnormal_classes": config.abnormal_classes, "ignored_classes": config.ignored_classes}
+    test_only = None
     if config.data is None:
         from kd_keras.data import sources, tasks
-        from kd_keras.data.synthetic_fundus import SyntheticFundusConfig, generate_synthetic_fundus
+        from kd_keras.data.synthetic_fundus import SyntheticFundusConfig, generate_synthetic_fundus, test_only_fundus
 
-        root = generate_synthetic_fundus(out / "data" / "fundus", SyntheticFundusConfig(
-            patients=config.synthetic_patients, image_size=max(64, config.image_size), seed=config.seed,
-            difficulty=config.synthetic_difficulty))
+        generator = SyntheticFundusConfig(patients=config.synthetic_patients, image_size=max(64, config.image_size),
+                                          seed=config.seed, difficulty=config.synthetic_difficulty)
+        root = generate_synthetic_fundus(out / "data" / "fundus", generator)
         records = tasks.referable_dr(sources.eyepacs(root / "trainLabels.csv", root / "train"))
         records = checks.two_labels(checks.files(records), str(root))
+        if config.synthetic_test_patients:  # more test images, no more training labels
+            test_only = tasks.referable_dr(test_only_fundus(out / "data" / "fundus_test", dataclasses.replace(
+                generator, patients=config.synthetic_test_patients)))
+            test_only = checks.files(test_only)
     else:
         records = load_records(config.layout, config.data, config.image_dir, config.task, checks, **classes)
     extra = {}
@@ -148,7 +155,8 @@ def prepare_data(config: SimCLRConfig, out: Path, say: Callable[[str], None] = p
     parts = split_by_patient(records, fractions=(1 - f, f), names=("train", "test"), seed=config.seed)
     inner = split_by_patient(parts["train"], fractions=(lf, 1 - lf), names=("labeled", "pool"), seed=config.seed)
     pool = dataclasses.replace(inner["pool"], labeled=np.zeros(len(inner["pool"]), bool))  # labels never used
-    tests = {TEST: parts["test"], **extra}
+    test = parts["test"] if test_only is None else Records.concat(parts["test"], test_only)
+    tests = {TEST: test, **extra}
     # No held-out image is trained on: an extra test image that is a labeled or pool image is refused; a pool
     # image that is also a test image is refused or dropped (held_out_overlap).
     keep = checks.held_out({"pool": pool, "labeled": inner["labeled"],

@@ -1,0 +1,53 @@
+"""The one sentence each study's report writes on whether its paper's finding held (issue 21): computed from the
+numbers, so a run where the finding fails says so. Hand-made result dicts, both outcomes per study; no training.
+"""
+
+from __future__ import annotations
+
+from kd_keras.studies import simclr_report
+
+
+def _ci(estimate: float, half: float | None = None) -> dict:
+    if half is None:
+        return {"estimate": estimate, "low": float("nan"), "high": float("nan")}
+    return {"estimate": estimate, "low": estimate - half, "high": estimate + half}
+
+
+def _simclr(**aucs) -> dict:
+    return {"test": {m: {"test": {"auc": auc}} for m, auc in aucs.items()},
+            "split": {"labeled": 19, "pool": 77, "test": 324}}
+
+
+def test_simclr_finding_held_when_every_method_beats_supervised():
+    results = _simclr(supervised=_ci(0.80, 0.03), fixmatch=_ci(0.85, 0.03), mixmatch=_ci(0.83, 0.03),
+                      teacher=_ci(0.95, 0.01), student=_ci(0.93, 0.02))
+    found = simclr_report.finding(results)
+    assert found["verdict"] == "held" and found["images"] == 324
+    assert found["comparisons"]["student"]["ci_apart"] is True  # [0.91, 0.95] vs [0.77, 0.83]
+    assert found["comparisons"]["mixmatch"]["ci_apart"] is False  # [0.80, 0.86] overlaps [0.77, 0.83]
+    sentence = simclr_report.finding_sentence(results)
+    assert ": held on this run's 324 test images" in sentence
+    assert "student 93.00 vs supervised 80.00 (above, 95% CIs apart)" in sentence
+    assert "MixMatch 83.00 (above, 95% CIs overlap)" in sentence
+
+
+def test_simclr_finding_fails_and_says_so():
+    # The student below supervised, MixMatch below chance (the demo's 18.6): the finding did not hold.
+    results = _simclr(supervised=_ci(0.993, 0.02), fixmatch=_ci(0.843, 0.1), mixmatch=_ci(0.186, 0.1),
+                      student=_ci(0.99, 0.01))
+    assert simclr_report.finding(results)["verdict"] == "did not hold"
+    sentence = simclr_report.finding_sentence(results)
+    assert ": did not hold on" in sentence and "(not above" in sentence and ": held" not in sentence
+    # Only part of it: the student above supervised, the two baselines not.
+    results["test"]["student"]["test"]["auc"] = _ci(0.999, 0.001)
+    assert simclr_report.finding(results)["verdict"] == "held in part"
+    # An equal AUC is not "above" (a perfect supervised model leaves nothing to beat).
+    results = _simclr(supervised=1.0, student=1.0)
+    assert simclr_report.finding(results)["verdict"] == "did not hold"
+    assert "no CIs" in simclr_report.finding_sentence(results)
+
+
+def test_simclr_finding_without_supervised_baseline_is_not_tested():
+    results = _simclr(fixmatch=0.9, student=0.95)
+    assert simclr_report.finding(results)["verdict"] == "not tested"
+    assert "not tested" in simclr_report.finding_sentence(results)
