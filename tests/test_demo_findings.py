@@ -4,7 +4,7 @@ numbers, so a run where the finding fails says so. Hand-made result dicts, both 
 
 from __future__ import annotations
 
-from kd_keras.studies import simclr_report
+from kd_keras.studies import attention_report, simclr_report
 
 
 def _ci(estimate: float, half: float | None = None) -> dict:
@@ -51,3 +51,44 @@ def test_simclr_finding_without_supervised_baseline_is_not_tested():
     results = _simclr(fixmatch=0.9, student=0.95)
     assert simclr_report.finding(results)["verdict"] == "not tested"
     assert "not tested" in simclr_report.finding_sentence(results)
+
+
+def _attention(aucs: dict, repetitions: int = 1) -> dict:
+    """Selected TL/AT runs: ``aucs[(size, student, method)]`` is one AUC (a CI dict) or one per repetition."""
+    runs = []
+    for (size, student, method), values in aucs.items():
+        for rep, auc in enumerate(values if isinstance(values, list) else [values]):
+            runs.append({"size": size, "fraction": size, "train": int(88 * size), "student": student,
+                         "method": method, "beta": None if method == "tl" else 100.0, "repetition": rep,
+                         "selected": True, "test": {"auc": auc}})
+    return {"config": {"students": ["densenet40", "densenet121"], "train_fractions": [0.5, 1.0],
+                       "train_sizes": []}, "runs": runs, "split": {"train": 88, "val": 8, "test": 324}}
+
+
+def test_attention_finding_held_and_not_held_at_the_smallest_size():
+    # AT above TL at the smallest size (0.5) for both students; below at the full size (not the claim).
+    results = _attention({(0.5, "densenet40", "tl"): _ci(0.70, 0.04), (0.5, "densenet40", "at"): _ci(0.80, 0.04),
+                          (0.5, "densenet121", "tl"): _ci(0.72, 0.05), (0.5, "densenet121", "at"): _ci(0.75, 0.05),
+                          (1.0, "densenet40", "tl"): _ci(0.90), (1.0, "densenet40", "at"): _ci(0.85)})
+    found = attention_report.finding(results)
+    assert found["verdict"] == "held" and found["train"] == 44
+    assert found["students"]["densenet40"]["ci_apart"] is True and found["students"]["densenet121"]["ci_apart"] is False
+    sentence = attention_report.finding_sentence(results)
+    assert "smallest training size, 44 images, test AUC): held on this run's 324 test images" in sentence
+    assert "densenet40 AT 80.00 (beta 100) vs TL 70.00 (above, 95% CIs apart)" in sentence
+    # TL above AT at the smallest size for one student: held in part; for both: did not hold.
+    results["runs"][3]["test"]["auc"] = _ci(0.70, 0.05)
+    assert attention_report.finding(results)["verdict"] == "held in part"
+    results["runs"][1]["test"]["auc"] = _ci(0.70, 0.04)  # a tie is not "above"
+    assert attention_report.finding(results)["verdict"] == "did not hold"
+    sentence = attention_report.finding_sentence(results)
+    assert ": did not hold on" in sentence and "(not above, 95% CIs overlap)" in sentence
+
+
+def test_attention_finding_uses_the_mean_over_repetitions():
+    results = _attention({(0.5, "densenet40", "tl"): [_ci(0.70, 0.1), _ci(0.80, 0.1)],
+                          (0.5, "densenet40", "at"): [_ci(0.78, 0.1), _ci(0.74, 0.1)]})
+    results["config"]["students"] = ["densenet40"]
+    found = attention_report.finding(results)["students"]["densenet40"]
+    assert (round(found["tl"], 6), round(found["at"], 6), found["above"]) == (0.75, 0.76, True)
+    assert "mean of 2 repetitions" in attention_report.finding_sentence(results)

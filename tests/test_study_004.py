@@ -34,6 +34,9 @@ OLD_TINY = dict(image_size=32, teacher_weights="none", teacher_epochs=0, student
                 students=("densenet40",), betas=(10.0,), train_fractions=(1.0,), epochs=2, batch_size=16,
                 learning_rate=1e-3, halve_every_epochs=1, curve_points=2, n_boot=0, split=(0.6, 0.2, 0.2),
                 demo_patients=12)
+# Issue 21: 150 (smoke: 3) test-only patients, more test images and no more training labels.
+OLD_DEMO["demo_test_patients"] = 150
+OLD_TINY["demo_test_patients"] = 3
 
 
 def settings(*argv: str) -> study.ATConfig:
@@ -144,7 +147,11 @@ def test_smoke_multilabel_runs_and_writes_outputs(smoke_run):
         assert r["val_auc"] == max(auc for _, auc in r["log"]["curve"])
         assert 0.0 <= r["test"]["auc"]["estimate"] <= 1.0
     assert set(results["overfitting"]) == {"densenet40/tl/f1", "densenet40/at/f1"}
+    # 12 patients (24 images) split train/val/test, and 3 test-only patients: 6 more test images.
+    assert sum(results["split"].values()) == 24 + 6 and results["split"]["test"] >= 6
     report = (out / "report.md").read_text()
+    assert "Paper's finding (attention transfer above transfer learning at the smallest training size" in report
+    assert "Paper's finding (attention transfer" in proc.stdout
     assert "Beta grid" in report and "Test AUC" in report
     assert "## Beta grid: best validation AUC (%)" in proc.stdout  # the tables are printed at the end, as before
     for name in ("learning_curves.png", "auc_vs_size.png", "models/densenet40_at_f1.keras",

@@ -82,6 +82,8 @@ class ATConfig(ScaleSettings):
         demo_task: the synthetic data's task: multiclass (DR grades), binary (referable) or multilabel
             (CheXpert-style with uncertain -1 labels).
         demo_patients: patients of synthetic fundus photographs (two images each); 0: use ``data``.
+        demo_test_patients: with ``demo_patients``, generated patients added to the test set only (no training
+            label; the demo's 150 give 300 more test images: :func:`kd_keras.data.synthetic_fundus.test_only_fundus`).
         image_size: input side in pixels (the paper: 256; DenseNet-40's attention map is then 8x8).
         channels: input channels.
         teacher_weights: imagenet, none (random), a weights file, or a .keras teacher.
@@ -135,6 +137,7 @@ class ATConfig(ScaleSettings):
     uncertain: str = "zeros"
     demo_task: str = "multiclass"
     demo_patients: int = 0
+    demo_test_patients: int = 0
     image_size: int = 256
     channels: int = 3
     teacher_weights: str = "imagenet"
@@ -176,6 +179,7 @@ class ATConfig(ScaleSettings):
              f"--uncertain must be zeros, ones or ignore, got {self.uncertain!r}"),
             (self.demo_task in DEMO_TASKS, f"--demo-task must be one of {DEMO_TASKS}, got {self.demo_task!r}"),
             (self.demo_patients >= 0, f"--demo-patients must be >= 0, got {self.demo_patients}"),
+            (self.demo_test_patients >= 0, f"--demo-test-patients must be >= 0, got {self.demo_test_patients}"),
             (not (self.demo_patients and self.data), "give either --data or the synthetic demo data (--demo / "
              f"--demo-patients), not both (--data {self.data!r}, --demo-patients {self.demo_patients})"),
             (self.image_size >= 32, f"--image-size must be at least 32, got {self.image_size}"),
@@ -291,16 +295,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     # `--demo`: synthetic fundus photographs (60 patients), a teacher trained here from scratch (no ImageNet
     # offline) and a larger learning rate than the paper's 5e-5 (few epochs). DenseNet-40 only: each DenseNet-121
     # student run took about 90 s on 2 cores (DenseNet-40: 45 s), so both would need about 16 minutes;
-    # --students densenet121 densenet40 runs both (docs/demos.md).
+    # --students densenet121 densenet40 runs both (docs/demos.md). 150 test-only patients: 300 more test images
+    # (inference only; issue 21: the 24-image test set left CIs 20+ points wide).
     "demo": dict(
-        demo_patients=60, image_size=64, teacher_weights="none", teacher_epochs=4, teacher_lr=1e-3,
+        demo_patients=60, demo_test_patients=150, image_size=64, teacher_weights="none", teacher_epochs=4,
+        teacher_lr=1e-3,
         student_weights="none", students=("densenet40",), betas=(1.0, 100.0), train_fractions=(0.5, 1.0),
         epochs=6, batch_size=16, learning_rate=1e-3, halve_every_epochs=4, curve_points=8, n_boot=100,
     ),
     # `--demo --tiny` (KD_KERAS_TINY=1): CI; everything runs, nothing is learned. Two student epochs so that a
     # killed student run resumes mid-training from its epoch-end checkpoint (tests/test_study_004.py).
     "smoke": dict(
-        demo_patients=12, image_size=32, teacher_weights="none", teacher_epochs=0, student_weights="none",
+        demo_patients=12, demo_test_patients=3, image_size=32, teacher_weights="none", teacher_epochs=0,
+        student_weights="none",
         students=("densenet40",), betas=(10.0,), train_fractions=(1.0,), epochs=2, batch_size=16,
         learning_rate=1e-3, halve_every_epochs=1, curve_points=2, n_boot=0, split=(0.6, 0.2, 0.2),
     ),

@@ -17,14 +17,16 @@ attention_report.write_report(results, Path("runs/attention_transfer"))
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from kd_keras.engine.predict import estimate
 from kd_keras.evaluation.report import batch_norm_sentence, format_ci, markdown_table
 
-__all__ = ["plot_curves", "plot_sizes", "report_text", "selected", "sizes", "summary_lines", "table_betas",
-           "table_sizes", "write_report"]
+__all__ = ["finding", "finding_sentence", "plot_curves", "plot_sizes", "report_text", "selected", "sizes",
+           "summary_lines", "table_betas", "table_sizes", "write_report"]
 
 
 def selected(results: dict[str, Any], repetition: int | None = 0) -> list[dict[str, Any]]:
@@ -93,6 +95,74 @@ def table_betas(results: dict[str, Any]) -> str:
             rows.append([runs[0]["train"], s, f"{100 * cells['tl']:.2f}",
                          *[f"{100 * cells[b]:.2f}" if b in cells else "-" for b in config["betas"]]])
     return markdown_table(headers, rows)
+
+
+def _ci_apart(a: Any, b: Any) -> bool | None:
+    """Whether two ``{"estimate", "low", "high"}`` intervals do not overlap (``None``: no CIs)."""
+    if not (isinstance(a, Mapping) and isinstance(b, Mapping)):
+        return None
+    bounds = [a.get("low"), a.get("high"), b.get("low"), b.get("high")]
+    if any(v is None or not math.isfinite(v) for v in bounds):
+        return None
+    return a["low"] > b["high"] or a["high"] < b["low"]
+
+
+def finding(results: dict[str, Any]) -> dict[str, Any]:
+    """Whether 004's finding (attention transfer regularises small-data training) held: per student, the test AUC
+    of AT (the beta chosen on validation) above TL at the smallest training size (the mean over repetitions).
+
+    Returns:
+        ``{"verdict": "held" | "held in part" | "did not hold" | "not tested", "train": training images at the
+        smallest size, "students": {student: {"at", "tl", "above", "ci_apart", "n"}}}``; ``ci_apart`` is ``None``
+        with repetitions (their spread is in the table) or without CIs.
+
+    Example:
+        >>> finding(results)["students"]["densenet40"]["above"]
+        True
+    """
+    size = min(sizes(results))
+    runs = [r for r in selected(results, None) if _size(r) == size and "test" in r]
+    students: dict[str, dict[str, Any]] = {}
+    for s in results["config"]["students"]:
+        by_method = {m: [r for r in runs if r["student"] == s and r["method"] == m] for m in ("tl", "at")}
+        if not by_method["tl"] or not by_method["at"]:
+            continue
+        tl, at = (sum(estimate(r["test"], "auc") for r in by_method[m]) / len(by_method[m]) for m in ("tl", "at"))
+        single = len(by_method["tl"]) == 1 and len(by_method["at"]) == 1
+        apart = _ci_apart(by_method["at"][0]["test"]["auc"], by_method["tl"][0]["test"]["auc"]) if single else None
+        students[s] = {"at": at, "tl": tl, "above": bool(at > tl), "ci_apart": apart, "n": len(by_method["tl"]),
+                       "beta": by_method["at"][0]["beta"]}
+    above = [v["above"] for v in students.values()]
+    verdict = ("not tested" if not above else "held" if all(above) else "held in part" if any(above)
+               else "did not hold")
+    return {"verdict": verdict, "train": runs[0]["train"] if runs else None, "students": students}
+
+
+def finding_sentence(results: dict[str, Any]) -> str:
+    """One sentence: did 004's finding hold on this run, with the numbers it was decided on.
+
+    Example:
+        >>> finding_sentence(results)
+        "Paper's finding (attention transfer above transfer learning at the smallest training size, 44 images,
+        test AUC): held on this run's 324 test images: densenet40 AT 81.30 (beta 1) vs TL 78.70 (above, 95% CIs
+        overlap)."
+    """
+    result = finding(results)
+    claim = ("Paper's finding (attention transfer above transfer learning at the smallest training size"
+             + (f", {result['train']} images" if result["train"] else "") + ", test AUC)")
+    if result["verdict"] == "not tested":
+        return f"{claim}: not tested on this run (no TL and AT pair was evaluated at that size)."
+    images = (results.get("split") or {}).get("test")
+    parts = []
+    for s, v in result["students"].items():
+        if v["ci_apart"] is None:
+            spread = f"mean of {v['n']} repetitions" if v["n"] > 1 else "no CIs"
+        else:
+            spread = "95% CIs apart" if v["ci_apart"] else "95% CIs overlap"
+        parts.append(f"{s} AT {100 * v['at']:.2f} (beta {v['beta']:g}) vs TL {100 * v['tl']:.2f} "
+                     f"({'above' if v['above'] else 'not above'}, {spread})")
+    where = f"this run's {images} test images" if images else "this run's test set"
+    return f"{claim}: {result['verdict']} on {where}: " + "; ".join(parts) + "."
 
 
 def _pyplot():
@@ -171,9 +241,12 @@ def report_text(results: dict[str, Any]) -> str:
         f"augmentation '{config.get('augmentation', 'study')}'.",
         batch_norm_sentence(config["bn_recalibration_batches"]),
         "",
-        "## Test AUC (%) [95% CI] by training-set size (AT: beta chosen on validation)",
+        f"## Test AUC (%) [95% CI] by training-set size (AT: beta chosen on validation; "
+        f"{results.get('split', {}).get('test', '?')} test images)",
         "",
         table_sizes(results),
+        "",
+        finding_sentence(results),
         "",
         f"## Beta grid: best validation {_metric(results)} (%)",
         "",

@@ -71,21 +71,27 @@ def load_labeled(config: ATConfig, checks: DataChecks | None = None) -> Records:
         raise StudyError(f"--task {config.task}: {str(error).strip(chr(39))}") from None
 
 
-def demo_records(root: Path, config: ATConfig) -> Records:
+def demo_records(root: Path, config: ATConfig, test_only: bool = False) -> Records:
     """Synthetic fundus photographs under ``root`` as a multi-class (grades), binary (referable) or CheXpert-style
     multi-label set (labels ``any_dr``, ``referable``, ``proliferative``; a borderline grade is written as -1,
-    uncertain, and ignored by the loss)."""
+    uncertain, and ignored by the loss); ``test_only``: the ``demo_test_patients`` test-only patients
+    (:func:`kd_keras.data.synthetic_fundus.test_only_fundus`) in the same task."""
     from kd_keras.data import sources, tasks
-    from kd_keras.data.synthetic_fundus import SyntheticFundusConfig, generate_synthetic_fundus
+    from kd_keras.data.synthetic_fundus import SyntheticFundusConfig, generate_synthetic_fundus, test_only_fundus
 
-    fundus = generate_synthetic_fundus(root / "fundus", SyntheticFundusConfig(
-        patients=config.demo_patients, image_size=max(64, config.image_size), seed=config.seed, difficulty=0.5))
-    records = sources.eyepacs(fundus / "trainLabels.csv", fundus / "train")
+    generator = SyntheticFundusConfig(patients=config.demo_test_patients if test_only else config.demo_patients,
+                                      image_size=max(64, config.image_size), seed=config.seed, difficulty=0.5)
+    if test_only:
+        fundus = root / "fundus_test"
+        records = test_only_fundus(fundus, generator)
+    else:
+        fundus = generate_synthetic_fundus(root / "fundus", generator)
+        records = sources.eyepacs(fundus / "trainLabels.csv", fundus / "train")
     if config.demo_task == "multiclass":
         return tasks.dr_grades(records)
     if config.demo_task == "binary":
         return tasks.referable_dr(records)
-    sheet = root / "multilabel.csv"
+    sheet = root / ("multilabel_test.csv" if test_only else "multilabel.csv")
     with open(sheet, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["Path", "Patient", "any_dr", "referable", "proliferative"])
@@ -109,6 +115,8 @@ def prepare_data(ctx: RunContext) -> ATData:
     else:
         records = load_labeled(config, checks)
     parts = split_by_patient(records, fractions=config.split, seed=config.seed)
+    if config.demo_patients and config.demo_test_patients:  # more test images, no more training labels
+        parts["test"] = Records.concat(parts["test"], checks.files(demo_records(ctx.out / "data", config, True)))
     # A test image that is also a training or validation image (a copy under another patient id) is refused.
     checks.held_out({"train": parts["train"], "validation": parts["val"], "test set 'test'": parts["test"]},
                     pool=None, tests=["test set 'test'"])
