@@ -4,7 +4,8 @@ numbers, so a run where the finding fails says so. Hand-made result dicts, both 
 
 from __future__ import annotations
 
-from kd_keras.studies import attention_report, simclr_report
+from kd_keras.studies import attention_report, dr_report, simclr_report
+from kd_keras.studies.dr_config import DRKDConfig
 
 
 def _ci(estimate: float, half: float | None = None) -> dict:
@@ -92,3 +93,41 @@ def test_attention_finding_uses_the_mean_over_repetitions():
     found = attention_report.finding(results)["students"]["densenet40"]
     assert (round(found["tl"], 6), round(found["at"], 6), found["above"]) == (0.75, 0.76, True)
     assert "mean of 2 repetitions" in attention_report.finding_sentence(results)
+
+
+def _dr(means: dict[str, list[float]]) -> dict:
+    """Two folds of 324 test images; ``means[student]`` is Base, KD, UL, KD+UL accuracy (AUC = accuracy + 0.1)."""
+    summary, students = {}, {}
+    for student, values in means.items():
+        for variant, value in zip(("base", "kd", "ul", "kd_ul"), values, strict=True):
+            summary[f"{student}/{variant}"] = {"accuracy": {"mean": value, "sd": 0.0},
+                                               "auc": {"mean": value + 0.1, "sd": 0.0}}
+            students[f"{student}/{variant}"] = {"metrics": {"accuracy": value, "auc": _ci(value + 0.1, 0.05)}}
+    fold = {"test": 324, "teacher": {"metrics": {"auc": _ci(0.9, 0.03)}}, "students": students}
+    return {"summary": summary, "folds": [fold, fold]}
+
+
+def test_dr_finding_held_and_not_held_per_student():
+    config = DRKDConfig(students=("simple10", "vgg16_d2"))
+    results = _dr({"simple10": [0.6, 0.7, 0.8, 0.85], "vgg16_d2": [0.6, 0.65, 0.7, 0.75]})
+    found = dr_report.finding(results, config)
+    assert found["verdict"] == "held" and found["folds"] == 2 and found["test"] == [324]
+    sentence = dr_report.finding_sentence(results, config)
+    assert "mean over 2 fold(s) of 324 test images each): held on this run: in accuracy for every student" in sentence
+    # VGG/2's +UL below +KD: the ordering fails for it only.
+    results = _dr({"simple10": [0.6, 0.7, 0.8, 0.85], "vgg16_d2": [0.6, 0.75, 0.7, 0.8]})
+    assert dr_report.finding(results, config)["verdict"] == "held in part"
+    assert "in accuracy for Simple10, not for VGG/2; in AUC for Simple10, not for VGG/2" in (
+        dr_report.finding_sentence(results, config))
+    results = _dr({"simple10": [0.9, 0.7, 0.8, 0.85], "vgg16_d2": [0.6, 0.6, 0.7, 0.8]})  # a tie is not "<"
+    assert dr_report.finding(results, config)["verdict"] == "did not hold"
+    assert "did not hold on this run: in accuracy for no student" in dr_report.finding_sentence(results, config)
+    # The per-fold CI table shows both folds' intervals.
+    assert "70.00 [65.00, 75.00] / 70.00 [65.00, 75.00]" in dr_report.table_ci(results, config)
+
+
+def test_dr_finding_without_every_variant_is_not_tested():
+    config = DRKDConfig(students=("simple10",), variants=("base", "kd_ul"))
+    results = _dr({"simple10": [0.6, 0.7, 0.8, 0.85]})
+    assert dr_report.finding(results, config)["verdict"] == "not tested"
+    assert "not tested" in dr_report.finding_sentence(results, config)

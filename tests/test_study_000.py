@@ -49,7 +49,8 @@ def test_demo_tiny_runs_every_variant_and_writes_tables(smoke_run):
         for metric in ("accuracy", "auc"):
             assert 0.0 <= cell[metric]["mean"] <= 1.0, (key, metric)
     labeled = results["data"]["labeled"]
-    assert fold["train"] + fold["test"] == sum(labeled["class_counts"].values()) == 32  # 16 patients x 2 eyes
+    # 16 patients x 2 eyes in the folds; 3 test-only patients add 6 images to the fold's test set.
+    assert fold["train"] + fold["test"] == sum(labeled["class_counts"].values()) + 6 == 32 + 6
     assert results["data"]["pool"]["images"] == 32
     # Every stage and sub-step recorded under its name (what --resume skips).
     recorded = {p.stem for p in (out / "stages").glob("fold*.json")}
@@ -59,6 +60,8 @@ def test_demo_tiny_runs_every_variant_and_writes_tables(smoke_run):
     report = (out / "report.md").read_text()
     assert "Table 1: accuracy" in report and "Table 2: AUC" in report and "Base model+KD+UL" in report
     assert "| Base model+KD+UL |" in proc.stdout  # the tables are printed at the end, as before
+    assert "Paper's finding (Base < KD < UL < KD+UL for every student" in report
+    assert "Paper's finding (Base < KD < UL < KD+UL" in proc.stdout and "[95% CI" in report
     assert (out / "methods.png").stat().st_size > 1000
     for variant in VARIANT_STEPS:
         assert (out / "models" / "fold0" / f"simple10_{variant}.keras").is_file()
@@ -97,6 +100,7 @@ def test_presets_demo_flags_and_refusals(monkeypatch, capsys):
     # The old script's DEMO / DEMO_DATA and TINY / TINY_DATA dicts, written out independently.
     old_demo = dict(image_size=48, folds=5, max_folds=2, teacher_epochs=3, ul_epochs=2, kd_epochs=2, hard_epochs=4,
                     batch_size=16, n_boot=100, synthetic_patients=60, pool_size=300, teacher_weights=None,
+                    synthetic_test_patients=150,  # issue 21: 300 more test images, no training label
                     students=("simple10", "vgg16_d2", "vgg16_d4"), variants=("base", "kd", "ul", "kd_ul"))
     _, demo, _ = resolve_run("dr", ["--demo"])
     assert demo.preset == "demo" and {k: getattr(demo, k) for k in old_demo} == old_demo

@@ -75,6 +75,9 @@ class DRKDConfig(ScaleSettings):
         ignored_classes: class folders left out (reported).
         synthetic_patients: patients (two photographs each) of the synthetic data.
         synthetic_difficulty: lesion difficulty of the synthetic data (0 easy .. 2 hard).
+        synthetic_test_patients: with ``synthetic``, generated patients added to every fold's test set only (no
+            training label; the demo's 150 give 300 more test images per fold, shared by the folds:
+            :func:`kd_keras.data.synthetic_fundus.test_only_fundus`).
         image_size: square input side (the paper: 300).
         channels: 3 (RGB fundus photographs) or 1.
         students: student names from the zoo (simple10, vgg16_d2, vgg16_d4).
@@ -126,6 +129,7 @@ class DRKDConfig(ScaleSettings):
     ignored_classes: tuple[str, ...] = ()
     synthetic_patients: int = 60
     synthetic_difficulty: float = 0.5
+    synthetic_test_patients: int = 0
     image_size: int = 300
     channels: int = 3
     students: tuple[str, ...] = ("simple10", "vgg16_d2", "vgg16_d4")
@@ -176,7 +180,7 @@ class DRKDConfig(ScaleSettings):
         for name in ("teacher_epochs", "ul_epochs", "kd_epochs", "hard_epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise DRError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("limit", "pool_size", "n_boot", "synthetic_patients"):
+        for name in ("limit", "pool_size", "n_boot", "synthetic_patients", "synthetic_test_patients"):
             if getattr(self, name) < 0:
                 raise DRError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.epoch_budget not in EPOCH_BUDGETS:
@@ -234,13 +238,16 @@ PRESETS: dict[str, dict[str, Any]] = {
                   students=("simple10", "vgg16_d2", "vgg16_d4"), variants=("base", "kd", "ul", "kd_ul"),
                   pool_size=20000, student_epochs=300, epoch_budget="variant", kd_objective="conditional",
                   temperature=1.0, bn_recalibration_batches=0),
-    # What `--demo` ran before the runner (the old DEMO and DEMO_DATA dicts, teacher from scratch offline).
-    "demo": dict(layout="synthetic", synthetic_patients=60, pool_size=300, image_size=48, folds=5, max_folds=2,
+    # What `--demo` ran before the runner (the old DEMO and DEMO_DATA dicts, teacher from scratch offline), and
+    # 150 test-only patients (300 more test images per fold, inference only; issue 21).
+    "demo": dict(layout="synthetic", synthetic_patients=60, synthetic_test_patients=150, pool_size=300,
+                 image_size=48, folds=5, max_folds=2,
                  teacher_epochs=3, ul_epochs=2, kd_epochs=2, hard_epochs=4, batch_size=16, n_boot=100,
                  teacher_weights=None),
     # What `--demo --tiny` ran (the old TINY dicts), with 2 hard-label epochs so a kill can land between
     # two epochs of one training (tests/test_study_000.py).
-    "smoke": dict(layout="synthetic", synthetic_patients=16, pool_size=32, image_size=32, folds=2, max_folds=1,
+    "smoke": dict(layout="synthetic", synthetic_patients=16, synthetic_test_patients=3, pool_size=32,
+                  image_size=32, folds=2, max_folds=1,
                   teacher_epochs=1, ul_epochs=1, kd_epochs=1, hard_epochs=2, batch_size=16, n_boot=0,
                   students=("simple10",), teacher_weights=None),
 }

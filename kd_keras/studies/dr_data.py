@@ -39,7 +39,8 @@ class DRData:
         labeled: the labeled images with their task applied (after ``limit``).
         pool: the unlabeled random images.
         pool_dir: the pool's folder.
-        folds: ``(train, test)`` per fold that is run (patient-level, the first ``max_folds``).
+        folds: ``(train, test)`` per fold that is run (patient-level, the first ``max_folds``); with generated
+            data and ``synthetic_test_patients``, every test set also holds the same test-only patients.
         checks: what the checks before training did (:class:`~kd_keras.studies.data_checks.DataChecks`).
     """
 
@@ -79,16 +80,20 @@ def load_labeled(layout: str, path: str, *, image_dir: str | None = None, task: 
         raise DRError(f"--task {task}: {str(error).strip(chr(39))}") from None
 
 
-def _synthetic(config: DRKDConfig, out: Path) -> Records:
+def _synthetic(config: DRKDConfig, out: Path, test_only: bool = False) -> Records:
+    """The generated fundus photographs with the task applied; ``test_only``: the ``synthetic_test_patients``
+    test-only patients (:func:`kd_keras.data.synthetic_fundus.test_only_fundus`)."""
     from kd_keras.data import sources, tasks
-    from kd_keras.data.synthetic_fundus import SyntheticFundusConfig, generate_synthetic_fundus
+    from kd_keras.data.synthetic_fundus import SyntheticFundusConfig, generate_synthetic_fundus, test_only_fundus
 
-    root = generate_synthetic_fundus(
-        out / "data" / "fundus",
-        SyntheticFundusConfig(patients=config.synthetic_patients, image_size=max(64, config.image_size),
-                              seed=config.seed, difficulty=config.synthetic_difficulty),
-    )
-    records = sources.eyepacs(root / "trainLabels.csv", root / "train")
+    generator = SyntheticFundusConfig(
+        patients=config.synthetic_test_patients if test_only else config.synthetic_patients,
+        image_size=max(64, config.image_size), seed=config.seed, difficulty=config.synthetic_difficulty)
+    if test_only:
+        records = test_only_fundus(out / "data" / "fundus_test", generator)
+    else:
+        root = generate_synthetic_fundus(out / "data" / "fundus", generator)
+        records = sources.eyepacs(root / "trainLabels.csv", root / "train")
     if config.task in ("auto", "referable_dr"):
         return tasks.referable_dr(records)
     return tasks.apply_task(records, config.task)
@@ -180,5 +185,8 @@ def prepare_data(config: DRKDConfig, out: Path, say: Callable[[str], None] = pri
         folds = kfold_by_patient(labeled, k=config.folds, seed=config.seed)[: config.fold_count]
     except ValueError as error:
         raise DRError(f"--folds {config.folds}: {error}") from None
+    if config.layout == "synthetic" and config.synthetic_test_patients:  # more test images, no training label
+        test_only = checks.files(_synthetic(config, out, test_only=True))
+        folds = [(train, Records.concat(test, test_only)) for train, test in folds]
     checks.finish()
     return DRData(labeled=labeled, pool=pool, pool_dir=Path(pool_dir), folds=folds, checks=checks)

@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from kd_keras.engine.predict import estimate
-from kd_keras.evaluation.report import batch_norm_sentence, markdown_table
+from kd_keras.evaluation.report import batch_norm_sentence, format_ci, markdown_table
 from kd_keras.studies.dr_config import STUDENT_TITLES, VARIANTS, DRKDConfig
 
-__all__ = ["PAPER_ACCURACY", "PAPER_AUC", "mean_sd", "ordering", "pct", "plot_methods", "summarise",
-           "summary_lines", "table", "write_report"]
+__all__ = ["PAPER_ACCURACY", "PAPER_AUC", "finding", "finding_sentence", "mean_sd", "ordering", "pct", "plot_methods",
+           "summarise", "summary_lines", "table", "table_ci", "write_report"]
 
 # Tables 1 and 2 of the paper (percent), for the report's side-by-side.
 PAPER_ACCURACY = {"base": (72.11, 73.58, 73.37), "kd": (73.89, 75.37, 76.84),
@@ -89,6 +89,76 @@ def ordering(results: dict, config: DRKDConfig, metric: str = "accuracy") -> dic
     return out
 
 
+ORDER = ("base", "kd", "ul", "kd_ul")
+
+
+def finding(results: dict, config: DRKDConfig) -> dict[str, Any]:
+    """Whether 000's finding, Base < KD < UL < KD+UL for every student (mean over folds), held in test accuracy
+    (Table 1) and AUC (Table 2).
+
+    Returns:
+        ``{"verdict": "held" | "held in part" | "did not hold" | "not tested", "accuracy": {student: bool},
+        "auc": {student: bool}, "folds": n, "test": test images per fold}``; ``"not tested"`` when a variant of
+        the four was not run.
+
+    Example:
+        >>> finding(results, config)["accuracy"]
+        {'simple10': True, 'vgg16_d2': False, 'vgg16_d4': False}
+    """
+    folds = results.get("folds") or []
+    out = {"folds": len(folds), "test": sorted({f["test"] for f in folds if "test" in f}),
+           "accuracy": ordering(results, config, "accuracy"), "auc": ordering(results, config, "auc")}
+    held = [*out["accuracy"].values(), *out["auc"].values()]
+    if not set(ORDER) <= set(config.variants) or not held:
+        out["verdict"] = "not tested"
+    else:
+        out["verdict"] = "held" if all(held) else "held in part" if any(held) else "did not hold"
+    return out
+
+
+def finding_sentence(results: dict, config: DRKDConfig) -> str:
+    """One sentence: did 000's finding hold on this run, per student and metric.
+
+    Example:
+        >>> finding_sentence(results, config)
+        "Paper's finding (Base < KD < UL < KD+UL for every student, mean over 2 folds of 324 test images each):
+        held in part on this run: in accuracy for Simple10, not for VGG/2, VGG/4; in AUC for Simple10, VGG/4,
+        not for VGG/2."
+    """
+    result = finding(results, config)
+    tests = "/".join(str(n) for n in result["test"]) or "?"
+    claim = (f"Paper's finding (Base < KD < UL < KD+UL for every student, mean over {result['folds']} fold(s) of "
+             f"{tests} test images each)")
+    if result["verdict"] == "not tested":
+        return f"{claim}: not tested on this run (it needs the variants {', '.join(ORDER)})."
+
+    def students(by_student: dict[str, bool]) -> str:
+        yes = [STUDENT_TITLES.get(s, s) for s, ok in by_student.items() if ok]
+        no = [STUDENT_TITLES.get(s, s) for s, ok in by_student.items() if not ok]
+        if not no:
+            return "for every student"
+        if not yes:
+            return "for no student"
+        return f"for {', '.join(yes)}, not for {', '.join(no)}"
+
+    return (f"{claim}: {result['verdict']} on this run: in accuracy {students(result['accuracy'])}; in AUC "
+            f"{students(result['auc'])}.")
+
+
+def table_ci(results: dict, config: DRKDConfig, metric: str = "auc") -> str:
+    """``metric`` (%) [95% CI, patient-clustered bootstrap] on each fold's test set (folds separated by
+    ``/``): rows are training methods, columns students."""
+    folds = results["folds"]
+
+    def cell(get) -> str:
+        return " / ".join(format_ci(get(f)["metrics"].get(metric)) for f in folds)
+
+    rows = [[VARIANTS[v][0], *[cell(lambda f, s=s, v=v: f["students"][f"{s}/{v}"]) for s in config.students]]
+            for v in config.variants]
+    rows.append([f"Teacher ({config.teacher})", cell(lambda f: f["teacher"]), *[""] * (len(config.students) - 1)])
+    return markdown_table(["Training method", *[STUDENT_TITLES.get(s, s) for s in config.students]], rows)
+
+
 def plot_methods(results: dict, config: DRKDConfig, path: Path) -> Path:
     """Fig. 3-like bars: accuracy of each training method per student (mean ± SD over folds)."""
     import matplotlib
@@ -119,14 +189,14 @@ def plot_methods(results: dict, config: DRKDConfig, path: Path) -> Path:
 
 
 def write_report(results: dict, config: DRKDConfig, out_dir: Path) -> str:
-    """``report.md``: the two tables, the paper's numbers, the ordering check and the choices we made."""
+    """``report.md``: the two tables, the per-fold CIs, the finding, the paper's numbers and the choices we
+    made."""
     plot = plot_methods(results, config, out_dir / "methods.png")
-    folds = len(results["folds"])
-    order = ordering(results, config)
+    folds = results["folds"]
     lines = [
         "# Study 000: knowledge distillation with unlabeled random images",
         "",
-        f"{folds} fold(s) of a {config.folds}-fold patient-level cross-validation; "
+        f"{len(folds)} fold(s) of a {config.folds}-fold patient-level cross-validation; "
         f"{config.image_size}x{config.image_size} px; teacher {config.teacher} "
         f"(weights: {config.teacher_weights or 'random'}); epochs teacher {config.teacher_epochs}, "
         f"(a) UL {config.ul_epochs}, (b) KD {config.kd_epochs}, (c) hard {config.hard_epochs}.",
@@ -140,10 +210,14 @@ def write_report(results: dict, config: DRKDConfig, out_dir: Path) -> str:
         "",
         table(results, config, "auc"),
         "",
+        f"## AUC (%) [95% CI, patient-clustered bootstrap] per fold ({' / '.join(str(f['test']) for f in folds)}"
+        " test images)",
+        "",
+        table_ci(results, config, "auc"),
+        "",
         f"![methods]({plot.name})",
         "",
-        "Ordering Base < KD < UL < KD+UL (accuracy): "
-        + ", ".join(f"{STUDENT_TITLES.get(s, s)} {'holds' if ok else 'does not hold'}" for s, ok in order.items()),
+        finding_sentence(results, config),
         "",
         "Paper (Messidor, 300x300, 5 folds), accuracy / AUC:",
         "",
@@ -161,8 +235,7 @@ def write_report(results: dict, config: DRKDConfig, out_dir: Path) -> str:
 
 
 def summary_lines(results: dict, config: DRKDConfig) -> list[str]:
-    """The one-screen summary printed at the end of a run: Tables 1 and 2 and the ordering check."""
-    order = ordering(results, config)
+    """The one-screen summary printed at the end of a run: Tables 1 and 2, the per-fold CIs and the finding."""
     return [
         f"Study 000, {len(results['folds'])} fold(s): Table 1, accuracy (%), mean ± SD over folds",
         "",
@@ -172,6 +245,9 @@ def summary_lines(results: dict, config: DRKDConfig) -> list[str]:
         "",
         table(results, config, "auc"),
         "",
-        "Ordering Base < KD < UL < KD+UL (accuracy): "
-        + ", ".join(f"{STUDENT_TITLES.get(s, s)} {'holds' if ok else 'does not hold'}" for s, ok in order.items()),
+        f"AUC (%) [95% CI] per fold ({' / '.join(str(f['test']) for f in results['folds'])} test images)",
+        "",
+        table_ci(results, config, "auc"),
+        "",
+        finding_sentence(results, config),
     ]
