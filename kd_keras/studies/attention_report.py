@@ -231,7 +231,8 @@ def report_text(results: dict[str, Any]) -> str:
     lines = [
         "# Study 004: attention transfer (DenseNet-121 teacher)",
         "",
-        f"Split (patients) train/val/test: {results['split']}; {config['image_size']} px; teacher weights "
+        f"Split (images, whole patients) train/val/test: {results['split']}; {config['image_size']} px; teacher "
+        f"weights "
         f"{config['teacher_weights'] if config['teacher_weights'] != 'none' else 'random'}, fine-tuned here for "
         f"{config['teacher_epochs']} epochs (test AUC {format_ci(results['teacher']['test']['auc'])}); students "
         f"{', '.join(config['students'])}; Adam {config['learning_rate']:g} halved every "
