@@ -13,6 +13,7 @@ Usage (repository root)::
     python benchmarks/quick_default_seeds.py --seeds 0 1 2 --work /tmp/q20 --out docs/quick_default/seeds \
         --table-only      # the table again from finished runs
 
+A note written by hand to ``<work>/sS.note`` (what was seen running beside the run) is shown with it.
 A seed whose run finished already (``<work>/sS/results.json`` and ``<work>/sS.run.json``) is not run again.
 """
 
@@ -32,14 +33,20 @@ TEST_SET = "synthetic_test"
 
 
 def _others(own: int) -> list[str]:
-    """Command lines of kd-keras / pytest processes that are not ``own`` or its children."""
+    """Command lines of the processes that are not ``own`` or its children: kd-keras and pytest ones, and any
+    other that has used at least 20% of a core over its life (``ps``' %CPU), e.g. another study's script."""
     found = subprocess.run(["pgrep", "-af", "kd_keras|kd-keras|pytest"], capture_output=True, text=True).stdout
+    busy = subprocess.run(["ps", "-eo", "pid=,pcpu=,args="], capture_output=True, text=True).stdout
     mine = {os.getpid(), own}
     children = subprocess.run(["pgrep", "-P", str(own)], capture_output=True, text=True).stdout.split()
     mine.update(int(pid) for pid in children)
     lines = []
-    for line in found.splitlines():
-        pid, _, command = line.partition(" ")
+    candidates = [line.strip().partition(" ")[::2] for line in found.splitlines()]
+    for line in busy.splitlines():
+        pid, cpu, command = line.split(None, 2) if len(line.split(None, 2)) == 3 else (line, "0", "")
+        if float(cpu) >= 20 and command.startswith(("python", "/root/.pyenv")):
+            candidates.append((pid, command))
+    for pid, command in candidates:
         if int(pid) not in mine and "pgrep" not in command and "quick_default_seeds" not in command:
             lines.append(command)
     return lines
@@ -53,6 +60,8 @@ def _short(command: str) -> str | None:
         return None
     if "pytest" in command:
         return "pytest " + next((w for w in words if w.startswith("tests/")), "(a test's subprocess)")
+    if "experiments/" in command:
+        return next(w for w in words if "experiments/" in w)
     if "kd-keras" in command:
         return "kd-keras run" + (f" --out {words[words.index('--out') + 1]}" if "--out" in words[:-1] else "")
     return " ".join(words[:3])[:80]
@@ -124,6 +133,7 @@ def summarise(work: Path, seeds: list[int]) -> dict[str, Any]:
             "timing_seconds": results["timing_seconds"],
             "load_1min": {"before": run["load_before"][0], "mean": sum(samples) / len(samples), "max": max(samples)},
             "other_processes": sorted({n for n in map(_short, run["other_processes"]) if n}),
+            "note": (work / f"s{seed}.note").read_text().strip() if (work / f"s{seed}.note").is_file() else "",
             "students": student_rows(results),
             "data": {k: data[k] for k in ("labeled_train", "validation", "validation_patients", "train_patients")},
             "test_size": data["test_sizes"].get(TEST_SET)})
@@ -150,6 +160,8 @@ def markdown(summary: dict[str, Any]) -> str:
     for entry in summary["seeds"]:
         load = entry["load_1min"]
         others = "; ".join(entry["other_processes"]) or "none"
+        if entry["note"]:
+            others += f" ({entry['note']})"
         lines.append(f"| {entry['seed']} | {entry['wall_s']:.0f} | {load['before']:.2f} / {load['mean']:.2f} / "
                      f"{load['max']:.2f} | {others} | "
                      + " | ".join(f"{entry['timing_seconds'].get(s, 0):.0f}" for s in stages) + " |")
