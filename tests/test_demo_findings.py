@@ -27,7 +27,8 @@ def test_simclr_finding_held_when_every_method_beats_supervised():
     assert found["comparisons"]["student"]["ci_apart"] is True  # [0.91, 0.95] vs [0.77, 0.83]
     assert found["comparisons"]["mixmatch"]["ci_apart"] is False  # [0.80, 0.86] overlaps [0.77, 0.83]
     sentence = simclr_report.finding_sentence(results)
-    assert ": held on this run's 324 test images" in sentence
+    # MixMatch is above only within the CIs: the sentence says so.
+    assert ": held (in direction only where the 95% CIs overlap) on this run's 324 test images" in sentence
     assert "student 93.00 vs supervised 80.00 (above, 95% CIs apart)" in sentence
     assert "MixMatch 83.00 (above, 95% CIs overlap)" in sentence
 
@@ -75,7 +76,8 @@ def test_attention_finding_held_and_not_held_at_the_smallest_size():
     assert found["verdict"] == "held" and found["train"] == 44
     assert found["students"]["densenet40"]["ci_apart"] is True and found["students"]["densenet121"]["ci_apart"] is False
     sentence = attention_report.finding_sentence(results)
-    assert "smallest training size, 44 images, test AUC): held on this run's 324 test images" in sentence
+    assert ("smallest training size, 44 images, test AUC): held (in direction only where the 95% CIs overlap) on "
+            "this run's 324 test images") in sentence
     assert "densenet40 AT 80.00 (beta 100) vs TL 70.00 (above, 95% CIs apart)" in sentence
     # TL above AT at the smallest size for one student: held in part; for both: did not hold.
     results["runs"][3]["test"]["auc"] = _ci(0.70, 0.05)
@@ -84,6 +86,9 @@ def test_attention_finding_held_and_not_held_at_the_smallest_size():
     assert attention_report.finding(results)["verdict"] == "did not hold"
     sentence = attention_report.finding_sentence(results)
     assert ": did not hold on" in sentence and "(not above, 95% CIs overlap)" in sentence
+    results["runs"][3]["test"]["auc"] = _ci(0.90, 0.01)  # densenet121 far above, CIs apart: no qualifier
+    results["runs"][1]["test"]["auc"] = _ci(0.80, 0.01)
+    assert ": held on this run's 324" in attention_report.finding_sentence(results)
 
 
 def test_attention_finding_uses_the_mean_over_repetitions():

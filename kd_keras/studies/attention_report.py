@@ -162,7 +162,9 @@ def finding_sentence(results: dict[str, Any]) -> str:
         parts.append(f"{s} AT {100 * v['at']:.2f} (beta {v['beta']:g}) vs TL {100 * v['tl']:.2f} "
                      f"({'above' if v['above'] else 'not above'}, {spread})")
     where = f"this run's {images} test images" if images else "this run's test set"
-    return f"{claim}: {result['verdict']} on {where}: " + "; ".join(parts) + "."
+    within = any(v["above"] and v["ci_apart"] is False for v in result["students"].values())
+    verdict = result["verdict"] + (" (in direction only where the 95% CIs overlap)" if within else "")
+    return f"{claim}: {verdict} on {where}: " + "; ".join(parts) + "."
 
 
 def _pyplot():

@@ -104,7 +104,9 @@ def finding_sentence(results: dict[str, Any], test: str = "test") -> str:
                          f"({'above' if c['above'] else 'not above'}, {ci})")
         else:
             parts.append(f"{TITLES[method]} {100 * c['auc']:.2f} ({'above' if c['above'] else 'not above'}, {ci})")
-    return f"{claim}: {result['verdict']} on {where}: " + "; ".join(parts) + "."
+    within = any(c["above"] and c["ci_apart"] is False for c in result["comparisons"].values())
+    verdict = result["verdict"] + (" (in direction only where the 95% CIs overlap)" if within else "")
+    return f"{claim}: {verdict} on {where}: " + "; ".join(parts) + "."
 
 
 def report_text(results: dict[str, Any]) -> str:
