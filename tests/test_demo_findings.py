@@ -136,3 +136,19 @@ def test_dr_finding_without_every_variant_is_not_tested():
     results = _dr({"simple10": [0.6, 0.7, 0.8, 0.85]})
     assert dr_report.finding(results, config)["verdict"] == "not tested"
     assert "not tested" in dr_report.finding_sentence(results, config)
+
+
+def test_test_only_patients_are_other_patients_with_other_images(tmp_path):
+    from pathlib import Path
+
+    from kd_keras.data.synthetic_fundus import SyntheticFundusConfig, generate_synthetic_fundus, test_only_fundus
+
+    config = SyntheticFundusConfig(patients=4, image_size=64, seed=0)
+    train_root = generate_synthetic_fundus(tmp_path / "train", config)
+    extra = test_only_fundus(tmp_path / "test", SyntheticFundusConfig(patients=3, image_size=64, seed=0))
+    assert len(extra) == 6 and len(set(extra.patients)) == 3
+    assert all(p.startswith("test-") for p in extra.patients)  # no id shared with a training patient
+    train_bytes = {p.read_bytes() for p in (train_root / "train").iterdir()}
+    assert not {Path(p).read_bytes() for p in extra.paths} & train_bytes  # other images, not copies
+    again = test_only_fundus(tmp_path / "again", SyntheticFundusConfig(patients=3, image_size=64, seed=0))
+    assert [Path(p).read_bytes() for p in again.paths] == [Path(p).read_bytes() for p in extra.paths]
