@@ -167,17 +167,7 @@ def test_a_mixed_precision_student_exports_as_float32_with_the_same_weights(tmp_
     assert float32_model(copy) is copy
 
 
-class ReplicaId(keras.layers.Layer):
-    """Which replica computed each row (0 outside a strategy's replicas)."""
-
-    def call(self, x):
-        context = tf.distribute.get_replica_context()
-        replica = context.replica_id_in_sync_group if context is not None else 0
-        return tf.fill([tf.shape(x)[0], 1], tf.cast(replica, tf.float32))
-
-
-def with_replica_id(model: keras.Model) -> keras.Model:
-    return keras.Model(model.input, [model.output, ReplicaId(name="replica")(model.output)])
+from test_distribute import with_replica_id  # noqa: E402  (the same probe: which replica computed each row)
 
 
 def test_replica_rows_are_contiguous_shares_in_order():

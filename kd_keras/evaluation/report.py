@@ -29,6 +29,21 @@ def environment() -> dict:
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions}
 
 
+def intervals_apart(a: object, b: object) -> bool | None:
+    """Whether two ``{"estimate", "low", "high"}`` intervals do not overlap (``None``: either has no finite CI).
+
+    Example:
+        >>> intervals_apart({"low": 0.9, "high": 0.95}, {"low": 0.7, "high": 0.8})
+        True
+    """
+    if not (isinstance(a, Mapping) and isinstance(b, Mapping)):
+        return None
+    bounds = [a.get("low"), a.get("high"), b.get("low"), b.get("high")]
+    if any(v is None or not np.isfinite(v) for v in bounds):
+        return None
+    return bool(a["low"] > b["high"] or a["high"] < b["low"])
+
+
 def format_ci(value: Mapping | float | None, percent: bool = True) -> str:
     """``{"estimate", "low", "high"}`` -> ``"94.00 [91.44, 96.73]"``; a bare number -> ``"94.00"``."""
     scale = 100.0 if percent else 1.0

@@ -17,13 +17,11 @@ attention_report.write_report(results, Path("runs/attention_transfer"))
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from kd_keras.engine.predict import estimate
-from kd_keras.evaluation.report import batch_norm_sentence, format_ci, markdown_table
+from kd_keras.evaluation.report import batch_norm_sentence, format_ci, intervals_apart, markdown_table
 
 __all__ = ["finding", "finding_sentence", "plot_curves", "plot_sizes", "report_text", "selected", "sizes",
            "summary_lines", "table_betas", "table_sizes", "write_report"]
@@ -97,16 +95,6 @@ def table_betas(results: dict[str, Any]) -> str:
     return markdown_table(headers, rows)
 
 
-def _ci_apart(a: Any, b: Any) -> bool | None:
-    """Whether two ``{"estimate", "low", "high"}`` intervals do not overlap (``None``: no CIs)."""
-    if not (isinstance(a, Mapping) and isinstance(b, Mapping)):
-        return None
-    bounds = [a.get("low"), a.get("high"), b.get("low"), b.get("high")]
-    if any(v is None or not math.isfinite(v) for v in bounds):
-        return None
-    return a["low"] > b["high"] or a["high"] < b["low"]
-
-
 def finding(results: dict[str, Any]) -> dict[str, Any]:
     """Whether 004's finding (attention transfer regularises small-data training) held: per student, the test AUC
     of AT (the beta chosen on validation) above TL at the smallest training size (the mean over repetitions).
@@ -129,7 +117,8 @@ def finding(results: dict[str, Any]) -> dict[str, Any]:
             continue
         tl, at = (sum(estimate(r["test"], "auc") for r in by_method[m]) / len(by_method[m]) for m in ("tl", "at"))
         single = len(by_method["tl"]) == 1 and len(by_method["at"]) == 1
-        apart = _ci_apart(by_method["at"][0]["test"]["auc"], by_method["tl"][0]["test"]["auc"]) if single else None
+        at_auc, tl_auc = by_method["at"][0]["test"]["auc"], by_method["tl"][0]["test"]["auc"]
+        apart = intervals_apart(at_auc, tl_auc) if single else None
         students[s] = {"at": at, "tl": tl, "above": bool(at > tl), "ci_apart": apart, "n": len(by_method["tl"]),
                        "beta": by_method["at"][0]["beta"]}
     above = [v["above"] for v in students.values()]

@@ -19,28 +19,17 @@ print(simclr_report.finding_sentence(results))
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from kd_keras.engine.predict import estimate
-from kd_keras.evaluation.report import batch_norm_sentence, format_ci, markdown_table
+from kd_keras.evaluation.report import batch_norm_sentence, format_ci, intervals_apart, markdown_table
 from kd_keras.studies.simclr_config import METHODS
 
 __all__ = ["finding", "finding_sentence", "report_text", "summary_lines", "write_report"]
 
 SEMI_SUPERVISED = ("fixmatch", "mixmatch")
 TITLES = {"student": "the SimCLR + KD student", "fixmatch": "FixMatch", "mixmatch": "MixMatch"}
-
-
-def _ci_apart(a: Any, b: Any) -> bool | None:
-    """Whether two ``{"estimate", "low", "high"}`` intervals do not overlap (``None``: no CIs)."""
-    if not (isinstance(a, Mapping) and isinstance(b, Mapping)):
-        return None
-    bounds = [a.get("low"), a.get("high"), b.get("low"), b.get("high")]
-    if any(v is None or not math.isfinite(v) for v in bounds):
-        return None
-    return a["low"] > b["high"] or a["high"] < b["low"]
 
 
 def finding(results: dict[str, Any], test: str = "test") -> dict[str, Any]:
@@ -68,7 +57,8 @@ def finding(results: dict[str, Any], test: str = "test") -> dict[str, Any]:
             continue
         auc = scores[method][test]["auc"]
         value = estimate({"auc": auc}, "auc")
-        comparisons[method] = {"auc": value, "above": bool(value > reference), "ci_apart": _ci_apart(auc, supervised)}
+        comparisons[method] = {"auc": value, "above": bool(value > reference),
+                               "ci_apart": intervals_apart(auc, supervised)}
     if not math.isfinite(reference):
         verdict = "not tested"
     elif all(c["above"] for c in comparisons.values()):
