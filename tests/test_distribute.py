@@ -352,14 +352,16 @@ def test_two_workers_on_loopback_match_one_device(tmp_path, strategies):
                 assert int(saved[f"here{rows}"]) == shares[index][1] - shares[index][0]  # what it counts
 
 
-def bn_model(name: str, seed: int) -> keras.Model:
+def bn_model(name: str, seed: int = 0, classes: int = 3) -> keras.Model:
+    """A seeded one-convolution model with BatchNorm (also tests/test_scale.py's model)."""
     x = keras.Input((SIZE, SIZE, 1), name="image")
     h = keras.layers.Rescaling(1 / 255.0)(x)
     h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="stage1",
                             kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(h)
     h = keras.layers.BatchNormalization(name="bn")(h)
     f = keras.layers.GlobalAveragePooling2D(name="features")(h)
-    out = keras.layers.Dense(3, name="logits", kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1))(f)
+    out = keras.layers.Dense(classes, name="logits",
+                             kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 1))(f)
     return keras.Model(x, out, name=name)
 
 

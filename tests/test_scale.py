@@ -12,6 +12,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from test_distribute import bn_model as tiny_model  # the same seeded BatchNorm model
+from test_distribute import with_replica_id  # the same probe: which replica computed each row
 
 from kd_keras.config import ScaleSettings, field_help, resolve_config
 from kd_keras.data import schema
@@ -29,18 +31,6 @@ from kd_keras.engine.distribute import (
 from kd_keras.studies import STUDIES, get_study
 
 SIZE = 16
-
-
-def tiny_model(name: str, classes: int = 3, seed: int = 0) -> keras.Model:
-    x = keras.Input((SIZE, SIZE, 1), name="image")
-    h = keras.layers.Rescaling(1 / 255.0)(x)
-    h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="stage1",
-                            kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(h)
-    h = keras.layers.BatchNormalization(name="bn")(h)
-    f = keras.layers.GlobalAveragePooling2D(name="features")(h)
-    head_init = keras.initializers.GlorotUniform(seed=seed + 1)
-    out = keras.layers.Dense(classes, name="logits", kernel_initializer=head_init)(f)
-    return keras.Model(x, out, name=name)
 
 
 def batch(n: int = 8, classes: int = 3) -> dict[str, np.ndarray]:
@@ -167,7 +157,6 @@ def test_a_mixed_precision_student_exports_as_float32_with_the_same_weights(tmp_
     assert float32_model(copy) is copy
 
 
-from test_distribute import with_replica_id  # noqa: E402  (the same probe: which replica computed each row)
 
 
 def test_replica_rows_are_contiguous_shares_in_order():
