@@ -199,6 +199,26 @@ def test_pseudo_label_stage_at_an_operating_point_reports_its_agreement(tmp_path
     assert prevalence["positive"] == round(labels[:20].mean() * 40)
     assert prevalence["agreement_with_hidden_labels"] == pytest.approx(1.0 - abs(
         prevalence["positive"] - pool.labels.sum()) / 40)  # a perfect ranking: only the count can be wrong
+    # The paper's 0.5 is reported beside the rule, from the same teacher outputs: the 0.5 run's numbers.
+    assert prevalence["at_0.5"]["positive"] == 40 and prevalence["at_0.5"]["agreement_with_hidden_labels"] == \
+        found[0.5]["agreement_with_hidden_labels"]
+
+
+def test_supervised_epochs_count_passes_over_the_labels_and_leave_the_pool_baselines_alone():
+    import numpy as np
+
+    from kd_keras.config import resolve_config
+    from kd_keras.studies.simclr_config import PRESETS, SimCLRConfig
+    from kd_keras.studies.simclr_semi import baseline_epochs, pseudo_label_agreement
+
+    config = resolve_config(SimCLRConfig, PRESETS, preset="smoke", sets=["baseline_epochs=3"])
+    assert [baseline_epochs(config, b) for b in ("supervised", "supervised_full", "fixmatch")] == [3, 3, 3]
+    config = resolve_config(SimCLRConfig, PRESETS, preset="smoke", sets=["baseline_epochs=3", "supervised_epochs=40"])
+    assert [baseline_epochs(config, b) for b in ("supervised", "supervised_full", "fixmatch", "mixmatch")] == [
+        40, 40, 3, 3]
+    # 3 of 5 above 0.5; they agree with the truth on images 0, 2, 3 and 4 (image 1 is a false positive).
+    found = pseudo_label_agreement(np.array([0.1, 0.7, 0.9, 0.4, 0.6]), np.array([0, 0, 1, 0, 1]), 0.5)
+    assert found == {"threshold": 0.5, "positive": 3, "total": 5, "agreement_with_hidden_labels": 0.8}
 
 
 def test_baselines_at_their_papers_settings():

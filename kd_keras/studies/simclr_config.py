@@ -106,6 +106,10 @@ class SimCLRConfig(ScaleSettings):
             set, which the teacher was fine-tuned on).
         baseline_epochs: epochs of each baseline; FixMatch and MixMatch count one epoch as one pass over the pool.
         baseline_lr: learning rate of each baseline (Adam).
+        supervised_epochs: epochs of the supervised baselines, passes over their labeled images (0: as
+            ``baseline_epochs``); equal to ``finetune_epochs``, the supervised baseline and the teacher's fine-tune
+            get the same training on the labels, while FixMatch and MixMatch keep ``baseline_epochs`` passes
+            over the pool.
         baselines: which baselines to run: supervised (the labeled fraction), supervised_full (every training
             label: the 100% reference), fixmatch, mixmatch (the teacher's architecture, as the paper's Table 1).
         fixmatch_ratio: FixMatch's ``mu``, unlabeled examples per labeled one in a batch of ``batch_size`` labeled
@@ -165,6 +169,7 @@ class SimCLRConfig(ScaleSettings):
     pseudo_label_threshold: float | str = 0.5
     baseline_epochs: int = 30
     baseline_lr: float = 1e-4
+    supervised_epochs: int = 0
     baselines: tuple[str, ...] = ("supervised", "fixmatch", "mixmatch")
     fixmatch_ratio: int = 7
     fixmatch_threshold: float = 0.95
@@ -215,9 +220,10 @@ class SimCLRConfig(ScaleSettings):
         for name in (*epochs, "batch_size", "simclr_batch_size", "fixmatch_ratio", "mixmatch_ratio"):
             if getattr(self, name) < 1:
                 raise SimCLRError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if min(self.synthetic_patients, self.synthetic_test_patients, self.n_boot) < 0 or self.tsne_points < 2:
-            raise SimCLRError("--synthetic-patients, --synthetic-test-patients and --n-boot must be >= 0 and "
-                              "--tsne-points >= 2")
+        if min(self.synthetic_patients, self.synthetic_test_patients, self.n_boot, self.supervised_epochs) < 0 or \
+                self.tsne_points < 2:
+            raise SimCLRError("--synthetic-patients, --synthetic-test-patients, --n-boot and --supervised-epochs must "
+                              "be >= 0 and --tsne-points >= 2")
         check_data_settings(self, SimCLRError)
 
 

@@ -129,7 +129,9 @@ def report_text(results: dict[str, Any]) -> str:
         f"Pseudo-labels: {pl['positive']} of {pl['total']} positive at the operating point "
         f"{pl.get('operating_point', 0.5)} (threshold {pl.get('threshold', 0.5):.3f}; labeled prevalence "
         f"{100 * pl.get('labeled_prevalence', float('nan')):.0f}%); agreement with the hidden labels "
-        f"{100 * pl['agreement_with_hidden_labels']:.1f}%.",
+        f"{100 * pl['agreement_with_hidden_labels']:.1f}%"
+        + (f" (at the paper's 0.5: {pl['at_0.5']['positive']} positive, "
+           f"{100 * pl['at_0.5']['agreement_with_hidden_labels']:.1f}%)." if "at_0.5" in pl else "."),
         "",
         "![t-SNE](tsne.png)",
         "",

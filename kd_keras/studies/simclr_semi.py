@@ -25,7 +25,8 @@ import numpy as np
 
 from kd_keras.studies.simclr_config import PSEUDO_LABEL_RULES, SimCLRConfig
 
-__all__ = ["SEMI_SUPERVISED", "baseline_objective", "baseline_ratio", "operating_point"]
+__all__ = ["SEMI_SUPERVISED", "baseline_epochs", "baseline_objective", "baseline_ratio", "operating_point",
+           "pseudo_label_agreement"]
 
 SEMI_SUPERVISED = ("fixmatch", "mixmatch")
 
@@ -75,6 +76,39 @@ def operating_point(rule: float | str, labeled_probability: np.ndarray, labeled_
         specificity = (~positive & (truth == 0)).sum(1) / max(1, (truth == 0).sum())
         threshold = cuts[int(np.argmax(sensitivity + specificity - 1.0))]
     return float(np.clip(threshold, 1e-6, 1.0 - 1e-6))
+
+
+def pseudo_label_agreement(pool_probability: np.ndarray, pool_truth: np.ndarray, threshold: float) -> dict[str, Any]:
+    """The pool's pseudo-labels at ``threshold`` (``probability > threshold``) against its hidden labels.
+
+    Used to report the paper's 0.5 beside the operating point the run used, from the same teacher outputs.
+
+    Args:
+        pool_probability: the teacher's positive-class probability on the pool ``(U,)``.
+        pool_truth: the pool's hidden labels, 0/1 ``(U,)`` (never used for training).
+        threshold: the operating point.
+
+    Returns:
+        ``{"threshold", "positive", "total", "agreement_with_hidden_labels"}``.
+
+    Example:
+        >>> pseudo_label_agreement(np.array([0.2, 0.6, 0.9]), np.array([0, 0, 1]), 0.5)["positive"]
+        2
+    """
+    positive = np.asarray(pool_probability, np.float64).reshape(-1) > threshold
+    truth = np.asarray(pool_truth).astype(int).reshape(-1)
+    return {"threshold": float(threshold), "positive": int(positive.sum()), "total": int(len(positive)),
+            "agreement_with_hidden_labels": float(np.mean(positive.astype(int) == truth)) if len(truth) else
+            float("nan")}
+
+
+def baseline_epochs(config: SimCLRConfig, name: str) -> int:
+    """Epochs of baseline ``name``: ``supervised_epochs`` for the supervised ones when set (passes over their
+    labeled images, like the teacher's fine-tune), ``baseline_epochs`` otherwise (FixMatch and MixMatch: passes
+    over the pool)."""
+    if name in SEMI_SUPERVISED or not config.supervised_epochs:
+        return config.baseline_epochs
+    return config.supervised_epochs
 
 
 def baseline_ratio(config: SimCLRConfig, name: str) -> int:

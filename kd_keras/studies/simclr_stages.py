@@ -304,7 +304,6 @@ def _pseudo_labels(ctx: RunContext):
     """The pool's pseudo-labels at the configured operating point (a probability, or a rule computed from the
     teacher's cached outputs: :func:`kd_keras.studies.simclr_semi.operating_point`)."""
     from kd_keras.engine import pseudo_label_pool
-    from kd_keras.evaluation.metrics import probabilities_from_logits
     from kd_keras.studies.simclr_semi import operating_point
 
     data, rule = ctx.data, ctx.config.pseudo_label_threshold
@@ -316,18 +315,26 @@ def _pseudo_labels(ctx: RunContext):
 
     labels = label(0.5)  # runs the teacher once; the cache is read back for any other threshold
     if isinstance(rule, str):
-        cache = labels.cache
-        logits = np.asarray(cache.logits[np.arange(cache.num_examples)], np.float32)
-        probabilities = probabilities_from_logits(logits)
-        positive = probabilities if probabilities.ndim == 1 else probabilities[:, 1]
-        n = labels.num_labeled
+        positive, n = _positive_probability(labels), labels.num_labeled
         labels = label(operating_point(rule, positive[:n], data.labeled.labels, positive[n:]))
     return labels
 
 
+def _positive_probability(labels) -> np.ndarray:
+    """The teacher's positive-class probability on ``labeled + pool`` (the cache's rows), from its cached logits."""
+    from kd_keras.evaluation.metrics import probabilities_from_logits
+
+    cache = labels.cache
+    probabilities = probabilities_from_logits(np.asarray(cache.logits[np.arange(cache.num_examples)], np.float32))
+    return probabilities if probabilities.ndim == 1 else probabilities[:, 1]
+
+
 def pseudo_label_stage(ctx: RunContext) -> dict[str, Any]:
     """3a. The teacher labels the pool (positive-class probability above the operating point), cached on disk;
-    the pseudo-labels' agreement with the pool's hidden labels is recorded where the pool has them."""
+    the pseudo-labels' agreement with the pool's hidden labels is recorded where the pool has them, and at the
+    paper's 0.5 (``at_0.5``) from the same teacher outputs."""
+    from kd_keras.studies.simclr_semi import pseudo_label_agreement
+
     labels = _pseudo_labels(ctx)
     pool = ctx.data.pool
     summary = labels.summary(pool.class_names)
@@ -335,9 +342,12 @@ def pseudo_label_stage(ctx: RunContext) -> dict[str, Any]:
                    agreement_with_hidden_labels=float(np.mean(labels.pool_labels == pool.labels)),
                    operating_point=ctx.config.pseudo_label_threshold, threshold=float(labels.threshold),
                    labeled_prevalence=float(np.mean(ctx.data.labeled.labels)))
+    summary["at_0.5"] = pseudo_label_agreement(_positive_probability(labels)[labels.num_labeled:], pool.labels, 0.5)
+    half = summary["at_0.5"]
     ctx.say(f"pseudo-labels ({ctx.config.pseudo_label_threshold}: threshold {labels.threshold:.3f}): "
             f"{summary['positive']} of {summary['total']} positive; "
-            f"{100 * summary['agreement_with_hidden_labels']:.1f}% agree with the hidden labels")
+            f"{100 * summary['agreement_with_hidden_labels']:.1f}% agree with the hidden labels (at 0.5: "
+            f"{half['positive']} positive, {100 * half['agreement_with_hidden_labels']:.1f}%)")
     return summary
 
 
@@ -373,7 +383,7 @@ def baseline_stage(ctx: RunContext, name: str) -> dict[str, Any]:
     separate batches of ``batch_size`` labeled and ``ratio x batch_size`` pool images
     (:func:`kd_keras.data.pipeline.make_two_stream_dataset`), one epoch being one pass over the pool."""
     from kd_keras.data import pipeline
-    from kd_keras.studies.simclr_semi import SEMI_SUPERVISED, baseline_objective, baseline_ratio
+    from kd_keras.studies.simclr_semi import SEMI_SUPERVISED, baseline_epochs, baseline_objective, baseline_ratio
 
     config, data = ctx.config, ctx.data
     seed_model(ctx)
@@ -399,7 +409,7 @@ def baseline_stage(ctx: RunContext, name: str) -> dict[str, Any]:
         if name == "mixmatch" and total < config.mixmatch_rampup_steps:
             ctx.say(f"mixmatch: {total} steps, fewer than its lambda_u ramp-up of {config.mixmatch_rampup_steps}: "
                     f"lambda_u ends at {config.mixmatch_lambda_u * total / config.mixmatch_rampup_steps:.3g}")
-    return _train(ctx, f"baseline-{name}", name, model, make, steps=steps, epochs=config.baseline_epochs,
+    return _train(ctx, f"baseline-{name}", name, model, make, steps=steps, epochs=baseline_epochs(config, name),
                   learning_rate=config.baseline_lr, objective=objective)
 
 
