@@ -220,3 +220,58 @@ def test_each_substep_trains_on_its_own_data(monkeypatch, tmp_path):
         objective, labeled, images = seen[step]
         assert len(labeled) % len(train) == 0 and labeled.all() and images.min() > 100
     assert seen["kd"][0] == "conditional" and seen["hard"][0] == "hard_label"
+
+
+def test_holdout_patients_are_in_no_fold(tmp_path):
+    """``holdout_fraction``: whole patients kept out of every fold's training and test sets, both classes among
+    them; the folds' test sets share out the other patients; 0 keeps none; 1 is refused in one line."""
+    import cv2
+    import numpy as np
+
+    from kd_keras.studies.dr_config import DRError, DRKDConfig
+    from kd_keras.studies.dr_data import prepare_data
+
+    rng = np.random.default_rng(0)
+    names = [f"cxr/NORMAL/IM-{p:04d}-000{n}.png" for p in range(8) for n in (1, 2)]
+    names += [f"cxr/PNEUMONIA/person{p}_bacteria_{p * 10 + n}.png" for p in range(8) for n in (1, 2)]
+    names += [f"pool/natural-{i}.png" for i in range(4)]
+    for name in names:  # distinct bytes per file (identical files would merge patients)
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / name), rng.integers(0, 255, (8, 8), dtype=np.uint8))
+
+    def prepared(fraction):
+        config = DRKDConfig(layout="folders", data=str(tmp_path / "cxr"), pool=str(tmp_path / "pool"), image_size=32,
+                            channels=1, fundus_crop=False, folds=2, holdout_fraction=fraction, teacher_weights=None)
+        return prepare_data(config, tmp_path / f"out{fraction}", say=lambda line: None)
+
+    data = prepared(0.25)
+    held = set(data.holdout.patients.tolist())
+    assert len(held) == 4 and set(data.holdout.labels.tolist()) == {0, 1}  # 2 of 8 patients per class
+    for train, test in data.folds:
+        assert not held & (set(train.patients.tolist()) | set(test.patients.tolist()))
+    tested = [p for _, test in data.folds for p in test.patients.tolist()]
+    assert len(tested) + len(data.holdout) == len(data.labeled) == 32 and len(set(tested)) == 12
+    assert data.summary()["holdout"] == {"images": 8, "patients": 4, "class_counts": {"NORMAL": 4, "PNEUMONIA": 4}}
+    none = prepared(0.0)
+    assert none.holdout is None and sum(len(test) for _, test in none.folds) == 32
+    with pytest.raises(DRError, match=r"--holdout-fraction must be in \[0, 1\), got 1.0"):
+        DRKDConfig(layout="folders", data=str(tmp_path / "cxr"), holdout_fraction=1.0)
+
+
+def test_report_shows_the_holdout_only_when_there_is_one():
+    from kd_keras.studies.dr_config import DRKDConfig
+    from kd_keras.studies.dr_report import holdout_lines, summarise
+
+    config = DRKDConfig(students=("simple10",), variants=("base",))
+    test, holdout = {"accuracy": 0.5, "auc": 0.6}, {"accuracy": 0.7, "auc": {"estimate": 0.8, "low": 0.7, "high": 0.9}}
+    fold = {"test": 10, "teacher": {"metrics": test, "holdout_metrics": holdout},
+            "students": {"simple10/base": {"metrics": test, "holdout_metrics": holdout}}}
+    results = {"folds": [fold, fold], "summary": summarise([fold, fold], config), "data": {"holdout": {"images": 7}}}
+    assert holdout_lines(results, config) == []
+    results["summary_holdout"] = summarise([fold, fold], config, "holdout_metrics")
+    assert results["summary"]["simple10/base"]["auc"]["mean"] == 0.6
+    assert results["summary_holdout"]["simple10/base"]["auc"]["mean"] == results["summary_holdout"]["teacher"][
+        "auc"]["mean"] == 0.8
+    text = "\n".join(holdout_lines(results, config))
+    assert "Hold-out (7 images of patients in no fold)" in text
+    assert "80.00 [70.00, 90.00] / 80.00 [70.00, 90.00]" in text  # both folds' models on the same hold-out

@@ -65,6 +65,9 @@ class DRKDConfig(ScaleSettings):
         pool: folder of unlabeled random (natural) images; none: the built-in fallback pool.
         pool_size: images of the built-in fallback pool.
         limit: use a random subset of this many labeled images (0: all).
+        holdout_fraction: share of the labeled images (after ``limit``), drawn by whole patients and stratified,
+            kept out of every fold as a common hold-out test set of other patients: every fold's teacher and
+            students are also evaluated on it (``holdout_metrics``, report table "hold-out"); 0: none.
         held_out_overlap: a pool image that is also a labeled image (same path, link or identical bytes):
             ``refuse`` the run (default) or ``drop`` it from the pool (reported).
         duplicate_labels: one image under two classes: ``refuse`` (default), ``keep`` or ``drop`` every copy.
@@ -122,6 +125,7 @@ class DRKDConfig(ScaleSettings):
     pool: str | None = None
     pool_size: int = 20000
     limit: int = 0
+    holdout_fraction: float = 0.0
     held_out_overlap: str = "refuse"
     duplicate_labels: str = "refuse"
     file_check: str = "header"
@@ -183,6 +187,8 @@ class DRKDConfig(ScaleSettings):
         for name in ("limit", "pool_size", "n_boot", "synthetic_patients", "synthetic_test_patients"):
             if getattr(self, name) < 0:
                 raise DRError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise DRError(f"--holdout-fraction must be in [0, 1), got {self.holdout_fraction}")
         if self.epoch_budget not in EPOCH_BUDGETS:
             raise DRError(f"--epoch-budget must be one of {list(EPOCH_BUDGETS)}, got {self.epoch_budget!r}")
         if self.kd_objective not in KD_OBJECTIVES:

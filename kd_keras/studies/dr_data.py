@@ -42,6 +42,8 @@ class DRData:
         folds: ``(train, test)`` per fold that is run (patient-level, the first ``max_folds``); with generated
             data and ``synthetic_test_patients``, every test set also holds the same test-only patients.
         checks: what the checks before training did (:class:`~kd_keras.studies.data_checks.DataChecks`).
+        holdout: with ``holdout_fraction``, the hold-out test set: patients in no fold (neither trained nor
+            tested on by the cross-validation), on which every fold's models are also evaluated; else ``None``.
     """
 
     labeled: Records
@@ -49,10 +51,14 @@ class DRData:
     pool_dir: Path
     folds: list[tuple[Records, Records]] = field(default_factory=list)
     checks: DataChecks | None = None
+    holdout: Records | None = None
 
     def summary(self) -> dict[str, Any]:
         out = {"labeled": self.labeled.summary(), "pool": {"root": str(self.pool_dir), "images": len(self.pool)},
                "folds": [{"train": len(train), "test": len(test)} for train, test in self.folds]}
+        if self.holdout is not None:
+            out["holdout"] = {"images": len(self.holdout), "patients": len(set(self.holdout.patients.tolist())),
+                              "class_counts": self.holdout.class_counts()}
         return out | (self.checks.summary() if self.checks is not None else {})
 
 
@@ -154,7 +160,7 @@ def prepare_data(config: DRKDConfig, out: Path, say: Callable[[str], None] = pri
     """
     from kd_keras.data import sources
     from kd_keras.data.natural_images import natural_image_pool
-    from kd_keras.data.splits import kfold_by_patient
+    from kd_keras.data.splits import kfold_by_patient, split_by_patient
     from kd_keras.studies.data_checks import DataChecks
 
     out = Path(out)
@@ -181,12 +187,20 @@ def prepare_data(config: DRKDConfig, out: Path, say: Callable[[str], None] = pri
     if config.limit and config.limit < len(labeled):
         keep = np.sort(np.random.default_rng(config.seed).choice(len(labeled), config.limit, replace=False))
         labeled = labeled.subset(keep)
+    holdout, in_folds = None, labeled
+    if config.holdout_fraction:  # other patients, in no fold: one test set shared by every fold's models
+        try:
+            parts = split_by_patient(labeled, (1.0 - config.holdout_fraction, config.holdout_fraction),
+                                     ("folds", "holdout"), seed=config.seed)
+        except ValueError as error:
+            raise DRError(f"--holdout-fraction {config.holdout_fraction}: {error}") from None
+        in_folds, holdout = parts["folds"], parts["holdout"]
     try:
-        folds = kfold_by_patient(labeled, k=config.folds, seed=config.seed)[: config.fold_count]
+        folds = kfold_by_patient(in_folds, k=config.folds, seed=config.seed)[: config.fold_count]
     except ValueError as error:
         raise DRError(f"--folds {config.folds}: {error}") from None
     if config.layout == "synthetic" and config.synthetic_test_patients:  # more test images, no training label
         test_only = checks.files(_synthetic(config, out, test_only=True))
         folds = [(train, Records.concat(test, test_only)) for train, test in folds]
     checks.finish()
-    return DRData(labeled=labeled, pool=pool, pool_dir=Path(pool_dir), folds=folds, checks=checks)
+    return DRData(labeled=labeled, pool=pool, pool_dir=Path(pool_dir), folds=folds, checks=checks, holdout=holdout)

@@ -117,8 +117,9 @@ class DRKDStudy(Study):
 
     def prepare(self, ctx: RunContext) -> DRData:
         data = prepare_data(ctx.config, ctx.out, ctx.say)
+        holdout = "" if data.holdout is None else f", hold-out {len(data.holdout)} ({data.holdout.class_counts()})"
         ctx.say(f"labeled {len(data.labeled)} ({data.labeled.class_counts()}), pool {len(data.pool)}, "
-                f"{len(data.folds)} of {ctx.config.folds} folds")
+                f"{len(data.folds)} of {ctx.config.folds} folds{holdout}")
         return data
 
 
@@ -146,13 +147,16 @@ class DRKDStudy(Study):
             teacher = ctx.outputs[f"fold{k}/teacher"]
             per_fold.append({
                 "fold": k, "train": teacher["train"], "test": teacher["test"],
-                "teacher": {"metrics": teacher["metrics"], "log": teacher["log"], "path": teacher["path"]},
+                "teacher": {name: teacher[name] for name in ("metrics", "holdout_metrics", "log", "path")
+                            if name in teacher},
                 "students": {f"{s}/{v}": ctx.outputs[f"fold{k}/{s}/{v}"]
                              for s in config.students for v in config.variants},
             })
         results = {"study": "000_dr_kd_unlabeled", "config": config_to_dict(config), "seed": config.seed,
                    "environment": environment(), "data": ctx.data.summary(), "folds": per_fold,
                    "summary": summarise(per_fold, config)}
+        if ctx.data.holdout is not None:  # the same models on the patients of no fold
+            results["summary_holdout"] = summarise(per_fold, config, "holdout_metrics")
         results["ordering_accuracy"] = ordering(results, config, "accuracy")
         results["ordering_auc"] = ordering(results, config, "auc")
         results["timing_seconds"] = dict(ctx.timing)

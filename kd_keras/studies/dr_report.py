@@ -21,8 +21,8 @@ from kd_keras.engine.predict import estimate
 from kd_keras.evaluation.report import batch_norm_sentence, format_ci, markdown_table
 from kd_keras.studies.dr_config import STUDENT_TITLES, VARIANTS, DRKDConfig
 
-__all__ = ["PAPER_ACCURACY", "PAPER_AUC", "finding", "finding_sentence", "mean_sd", "ordering", "pct", "plot_methods",
-           "summarise", "summary_lines", "table", "table_ci", "write_report"]
+__all__ = ["PAPER_ACCURACY", "PAPER_AUC", "finding", "finding_sentence", "holdout_lines", "mean_sd", "ordering", "pct",
+           "plot_methods", "summarise", "summary_lines", "table", "table_ci", "write_report"]
 
 # Tables 1 and 2 of the paper (percent), for the report's side-by-side.
 PAPER_ACCURACY = {"base": (72.11, 73.58, 73.37), "kd": (73.89, 75.37, 76.84),
@@ -46,15 +46,16 @@ def pct(summary: dict[str, Any]) -> str:
     return f"{100 * summary['mean']:.2f} ± {100 * summary['sd']:.2f}"
 
 
-def summarise(per_fold: list[dict], config: DRKDConfig) -> dict:
-    """Mean and SD over folds of accuracy and AUC, per student and variant, and of the teacher."""
-    summary = {"teacher": {m: mean_sd([estimate(f["teacher"]["metrics"], m) for f in per_fold])
+def summarise(per_fold: list[dict], config: DRKDConfig, key: str = "metrics") -> dict:
+    """Mean and SD over folds of accuracy and AUC, per student and variant, and of the teacher; ``key``:
+    ``"metrics"`` (each fold's test set) or ``"holdout_metrics"`` (the hold-out patients)."""
+    summary = {"teacher": {m: mean_sd([estimate(f["teacher"][key], m) for f in per_fold])
                            for m in ("accuracy", "auc")}}
     for name in config.students:
         for variant in config.variants:
-            key = f"{name}/{variant}"
-            summary[key] = {
-                m: mean_sd([estimate(f["students"][key]["metrics"], m) for f in per_fold])
+            name_variant = f"{name}/{variant}"
+            summary[name_variant] = {
+                m: mean_sd([estimate(f["students"][name_variant][key], m) for f in per_fold])
                 for m in ("accuracy", "auc")
             }
     return summary
@@ -145,18 +146,36 @@ def finding_sentence(results: dict, config: DRKDConfig) -> str:
             f"{students(result['auc'])}.")
 
 
-def table_ci(results: dict, config: DRKDConfig, metric: str = "auc") -> str:
-    """``metric`` (%) [95% CI, patient-clustered bootstrap] on each fold's test set (folds separated by
-    ``/``): rows are training methods, columns students."""
+def table_ci(results: dict, config: DRKDConfig, metric: str = "auc", key: str = "metrics") -> str:
+    """``metric`` (%) [95% CI, patient-clustered bootstrap] on each fold's test set (``key="holdout_metrics"``:
+    on the hold-out patients) per fold, folds separated by ``/``: rows are training methods, columns students."""
     folds = results["folds"]
 
     def cell(get) -> str:
-        return " / ".join(format_ci(get(f)["metrics"].get(metric)) for f in folds)
+        return " / ".join(format_ci(get(f)[key].get(metric)) for f in folds)
 
     rows = [[VARIANTS[v][0], *[cell(lambda f, s=s, v=v: f["students"][f"{s}/{v}"]) for s in config.students]]
             for v in config.variants]
     rows.append([f"Teacher ({config.teacher})", cell(lambda f: f["teacher"]), *[""] * (len(config.students) - 1)])
     return markdown_table(["Training method", *[STUDENT_TITLES.get(s, s) for s in config.students]], rows)
+
+
+def holdout_lines(results: dict, config: DRKDConfig) -> list[str]:
+    """The hold-out tables (AUC mean ± SD over folds, AUC [95% CI] per fold's models) when the run kept
+    patients out of every fold (``holdout_fraction``); else no line."""
+    if "summary_holdout" not in results:
+        return []
+    images = results.get("data", {}).get("holdout", {}).get("images", "?")
+    return [
+        f"## Hold-out ({images} images of patients in no fold): AUC (%), mean ± SD over the folds' models",
+        "",
+        table({"summary": results["summary_holdout"]}, config, "auc"),
+        "",
+        "AUC (%) [95% CI] on the hold-out, per fold's models",
+        "",
+        table_ci(results, config, "auc", "holdout_metrics"),
+        "",
+    ]
 
 
 def plot_methods(results: dict, config: DRKDConfig, path: Path) -> Path:
@@ -215,6 +234,7 @@ def write_report(results: dict, config: DRKDConfig, out_dir: Path) -> str:
         "",
         table_ci(results, config, "auc"),
         "",
+        *holdout_lines(results, config),
         f"![methods]({plot.name})",
         "",
         finding_sentence(results, config),
@@ -249,5 +269,6 @@ def summary_lines(results: dict, config: DRKDConfig) -> list[str]:
         "",
         table_ci(results, config, "auc"),
         "",
+        *holdout_lines(results, config),
         finding_sentence(results, config),
     ]

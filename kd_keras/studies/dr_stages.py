@@ -70,9 +70,20 @@ def _evaluate(model, test, config: DRKDConfig, fold: int) -> dict[str, Any]:
     return evaluate_model(model, test, config.preprocess(), n_boot=config.n_boot, seed=fold)
 
 
+def _evaluated(model, ctx: RunContext, fold: int) -> dict[str, Any]:
+    """``{"metrics": on the fold's test set}``, and ``"holdout_metrics"`` on the hold-out patients when the
+    run keeps some out of every fold (``holdout_fraction``)."""
+    config, data = ctx.config, ctx.data
+    out = {"metrics": _evaluate(model, data.folds[fold][1], config, fold)}
+    if data.holdout is not None:
+        out["holdout_metrics"] = _evaluate(model, data.holdout, config, fold)
+    return out
+
+
 def teacher_stage(ctx: RunContext, fold: int) -> dict[str, Any]:
     """Step 1 of a fold: the (ImageNet-initialised) teacher fine-tuned on the fold's labeled images with hard
-    labels; saved as ``models/fold<k>/teacher_<name>.keras`` and evaluated on the fold's test images."""
+    labels; saved as ``models/fold<k>/teacher_<name>.keras`` and evaluated on the fold's test images (and on the
+    hold-out patients, if any)."""
     from kd_keras.data.tasks import HeadSpec
     from kd_keras.models import build_model
 
@@ -89,7 +100,7 @@ def teacher_stage(ctx: RunContext, fold: int) -> dict[str, Any]:
                  {"name": "hard_label", "task": head.loss_task}, None, config.teacher_epochs, config.teacher_lr)
     path = ctx.path("models", f"fold{fold}", f"teacher_{config.teacher}.keras")
     teacher.save(path)
-    return {"fold": fold, "train": len(train), "test": len(test), "metrics": _evaluate(teacher, test, config, fold),
+    return {"fold": fold, "train": len(train), "test": len(test), **_evaluated(teacher, ctx, fold),
             "log": log, "path": str(path)}
 
 
@@ -138,12 +149,11 @@ def _substep(ctx: RunContext, fold: int, student: str, variant: str, index: int,
 
 def student_stage(ctx: RunContext, fold: int, student: str, variant: str) -> dict[str, Any]:
     """Step 2 for one student and variant of a fold: its sub-steps in order (each recorded), then the final
-    student saved as ``models/fold<k>/<student>_<variant>.keras`` and evaluated on the fold's test images."""
+    student saved as ``models/fold<k>/<student>_<variant>.keras`` and evaluated on the fold's test images (and
+    on the hold-out patients, if any)."""
     from kd_keras.engine.predict import estimate
     from kd_keras.models import load_model
 
-    config = ctx.config
-    _, test = ctx.data.folds[fold]
     logs, previous = [], None
     for index, step in enumerate(VARIANTS[variant][1]):
         done = ctx.stage(substep_name(fold, student, variant, step),
@@ -154,7 +164,10 @@ def student_stage(ctx: RunContext, fold: int, student: str, variant: str) -> dic
     model = load_model(previous)
     path = ctx.path("models", f"fold{fold}", f"{student}_{variant}.keras")
     model.save(path)
-    metrics = _evaluate(model, test, config, fold)
+    evaluated = _evaluated(model, ctx, fold)
+    metrics = evaluated["metrics"]
+    holdout = evaluated.get("holdout_metrics")
+    on_holdout = f", hold-out auc {estimate(holdout, 'auc'):.3f}" if holdout else ""
     ctx.say(f"fold {fold} {student:9s} {variant:6s} acc {estimate(metrics, 'accuracy'):.3f} "
-            f"auc {estimate(metrics, 'auc'):.3f}")
-    return {"metrics": metrics, "stages": logs, "path": str(path)}
+            f"auc {estimate(metrics, 'auc'):.3f}{on_holdout}")
+    return {**evaluated, "stages": logs, "path": str(path)}
