@@ -146,6 +146,7 @@ def test_smoke_multilabel_runs_and_writes_outputs(smoke_run):
         assert all(0.0 <= auc <= 1.0 for _, auc in r["log"]["curve"])
         assert r["val_auc"] == max(auc for _, auc in r["log"]["curve"])
         assert 0.0 <= r["test"]["auc"]["estimate"] <= 1.0
+        assert r["steps_per_epoch"] == 1 and (r["train_auc"] is None or 0.0 <= r["train_auc"] <= 1.0)
     assert set(results["overfitting"]) == {"densenet40/tl/f1", "densenet40/at/f1"}
     # 12 patients (24 images) split train/val/test, and 3 test-only patients: 6 more test images.
     assert sum(results["split"].values()) == 24 + 6 and results["split"]["test"] >= 6
@@ -256,12 +257,41 @@ def test_selection_metric_and_paper_augmentation():
 @pytest.mark.parametrize("setting,words", [("repetitions=0", "--repetitions"), ("train_sizes=[1]", "--train-sizes"),
                                            ("validate_every=step", "--validate-every"),
                                            ("selection_metric=f1", "--selection-metric"),
-                                           ("augmentation=heavy", "--augmentation")])
+                                           ("augmentation=heavy", "--augmentation"),
+                                           ("min_steps_per_epoch=-1", "--min-steps-per-epoch")])
 def test_bad_paper_settings_are_one_line(setting, words, tmp_path, capsys):
     assert main(["run", "attention", "--demo", "--set", setting, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_min_steps_per_epoch_cycles_small_training_sets_only():
+    from kd_keras.studies.attention_stages import epoch_steps
+
+    config = settings("--preset", "smoke", "--set", "batch_size=32", "--set", "min_steps_per_epoch=10")
+    assert [epoch_steps(n, config) for n in (13, 65, 320, 321, 1300)] == [10, 10, 10, 11, 41]
+    assert epoch_steps(13, settings("--preset", "smoke", "--set", "batch_size=32")) == 1  # default 0: one pass
+
+
+def test_cxr_driver_verdict_compares_smallest_and_largest_size():
+    """benchmarks/cxr_004_seeds.py (docs/attention_cxr.md): reproduced only if AT beats TL at the smallest size
+    and by more than at the largest, in every seed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cxr_004_seeds", REPO / "benchmarks" / "cxr_004_seeds.py")
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+
+    def seeds(*pairs):  # (AT - TL at the smallest size, at the largest) per seed
+        return [{"rows": [{"difference": small, "train": 13}, {"difference": large, "train": 1300}]}
+                for small, large in pairs]
+
+    assert driver.answer(seeds((0.05, 0.01), (0.02, -0.01)))["verdict"] == "reproduced"
+    assert driver.answer(seeds((0.05, 0.01), (-0.01, 0.0)))["verdict"] == "partly"
+    assert driver.answer(seeds((0.01, 0.03), (0.02, 0.03)))["verdict"] == "partly"  # above, not more than large
+    not_reproduced = driver.answer(seeds((-0.02, 0.01), (0.01, 0.0)))
+    assert not_reproduced["verdict"] == "not reproduced" and not_reproduced["at_above_tl_smallest"] == "1 of 2"
 
 
 @pytest.mark.slow

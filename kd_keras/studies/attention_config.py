@@ -100,6 +100,10 @@ class ATConfig(ScaleSettings):
         repetitions: runs of every (size, student, method, beta) with different seeds (004: three); beta is
             chosen by the mean validation score and the report gives the mean and spread of the test AUC.
         epochs: epochs of every student run (the best by validation AUC is kept; paper: at most 128).
+        min_steps_per_epoch: an epoch of a student run is at least this many batches (the training stream cycles
+            on, each pass augmented and shuffled anew), so the small sizes of a sweep are not left at one step per
+            epoch when the epoch count is set by what the largest size can afford; the learning rate still halves
+            every ``halve_every_epochs`` epochs (0: one pass per epoch, as the paper).
         batch_size: examples per batch (paper: 32).
         learning_rate: Adam's first learning rate (paper: 5e-5).
         halve_every_epochs: the learning rate is halved every this many epochs (paper: 16).
@@ -150,6 +154,7 @@ class ATConfig(ScaleSettings):
     train_sizes: tuple[int, ...] = ()
     repetitions: int = 1
     epochs: int = 128
+    min_steps_per_epoch: int = 0
     batch_size: int = 32
     learning_rate: float = 5e-5
     halve_every_epochs: int = 16
@@ -212,8 +217,9 @@ class ATConfig(ScaleSettings):
             (self.bn_recalibration_batches >= 0,
              f"--bn-recalibration-batches must be >= 0, got {self.bn_recalibration_batches}"),
             (self.variant in VARIANTS, f"--variant must be one of {VARIANTS}, got {self.variant!r}"),
-            (self.curve_points >= 0 and self.n_boot >= 0,
-             f"--curve-points and --n-boot must be >= 0, got {self.curve_points}, {self.n_boot}"),
+            (self.curve_points >= 0 and self.n_boot >= 0 and self.min_steps_per_epoch >= 0,
+             f"--curve-points, --n-boot and --min-steps-per-epoch must be >= 0, got {self.curve_points}, "
+             f"{self.n_boot}, {self.min_steps_per_epoch}"),
             (len(self.split) == 3 and min(self.split) > 0 and abs(sum(self.split) - 1) < 1e-6,
              f"--split must be three positive fractions summing to 1, got {list(self.split)}"),
         ]

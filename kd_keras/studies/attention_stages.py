@@ -25,8 +25,9 @@ from kd_keras.studies.attention_config import ATConfig, StudyError, schedule, si
 if TYPE_CHECKING:
     from kd_keras.studies.data_checks import DataChecks
 
-__all__ = ["ATData", "curves_stage", "demo_records", "evaluation_stage", "load_labeled", "overfitting_delay",
-           "prepare_data", "repeated_summary", "run_key", "student_stages", "subset_of_size", "teacher_stage"]
+__all__ = ["ATData", "curves_stage", "demo_records", "epoch_steps", "evaluation_stage", "load_labeled",
+           "overfitting_delay", "prepare_data", "repeated_summary", "run_key", "student_stages", "subset_of_size",
+           "teacher_stage"]
 
 # Old runs used the stage adapter's defaults: BatchNorm statistics from 5 training batches, no training metrics.
 BN_BATCHES = 5  # the default of ATConfig.bn_recalibration_batches (the demos)
@@ -242,6 +243,17 @@ def run_key(fraction: float, student: str, method: str, beta: float | None, repe
             + (f"-rep{repetition + 1}" if repetition else ""))
 
 
+def epoch_steps(images: int, config: ATConfig) -> int:
+    """Batches in one epoch of a student run on ``images`` training images: one pass, or ``min_steps_per_epoch``
+    when that is more (the stream cycles on).
+
+    Example:
+        >>> epoch_steps(13, ATConfig(batch_size=32, min_steps_per_epoch=10))  # 1% of 1,300 images
+        10
+    """
+    return max(math.ceil(images / config.batch_size), config.min_steps_per_epoch)
+
+
 def _student_run(ctx: RunContext, fraction: float, name: str, method: str, beta: float | None,
                  seed: int, repetition: int = 0) -> dict[str, Any]:
     """One student run: ``method`` ``"tl"`` (CE) or ``"at"`` (CE + L_AT/beta); the best validation score kept
@@ -271,11 +283,13 @@ def _student_run(ctx: RunContext, fraction: float, name: str, method: str, beta:
         student_tap, teacher_tap = config.taps(name)
         objective = {"name": "attention_transfer", "student_taps": [student_tap],
                      "teacher_taps": [teacher_tap], "beta": beta, "variant": config.variant, "task": head.loss_task}
-    steps = math.ceil(len(train_records) / config.batch_size)
+    one_pass = math.ceil(len(train_records) / config.batch_size)
+    steps = epoch_steps(len(train_records), config)
     total = steps * config.epochs
     every = 0 if config.validate_every == "epoch" else max(1, total // max(1, config.curve_points))
     monitor = config.monitor(train_records.task)
     result = train(student, _make_stream(train_records, config, seed), epochs=config.epochs,
+                   steps_per_epoch=steps if steps > one_pass else None,  # None: one pass, counted by the engine
                    learning_rate=schedule(config, steps), objective=objective, teacher=teacher,
                    validation=make_score_fn(data.val, config.preprocess(), monitor), validate_every_steps=every,
                    bn_batches=config.bn_recalibration_batches, metrics=None, directory=ctx.run_dir(key))
@@ -289,7 +303,8 @@ def _student_run(ctx: RunContext, fraction: float, name: str, method: str, beta:
     # "val_auc" is the selection score (AUC, or weighted F1 with selection_metric; "val_metric" says which).
     return {"fraction": None if isinstance(fraction, int) else fraction, "size": fraction,
             "train": len(train_records), "student": name, "method": method, "beta": beta, "repetition": repetition,
-            "val_auc": log["best_score"], "val_metric": monitor, "log": log, "path": str(path)}
+            "steps_per_epoch": steps, "val_auc": log["best_score"], "val_metric": monitor, "log": log,
+            "path": str(path)}
 
 
 def student_stages(config: ATConfig) -> list[Stage]:
@@ -314,10 +329,12 @@ def student_stages(config: ATConfig) -> list[Stage]:
 
 def evaluation_stage(ctx: RunContext) -> dict[str, Any]:
     """Per size and student: the beta with the best validation score (its mean over the repetitions); TL and that
-    AT run of every repetition on the test set (their models copied to
-    ``models/<student>_<method>_<size>[_rep<r>].keras``); with repetitions, the mean and spread of each test
+    AT run of every repetition on the test set and on its own training images (``train_auc``, no bootstrap: with
+    ``val_auc``, the train-validation gap), their models copied to
+    ``models/<student>_<method>_<size>[_rep<r>].keras``; with repetitions, the mean and spread of each test
     metric (:func:`repeated_summary`)."""
     from kd_keras.engine import evaluate_model
+    from kd_keras.engine.predict import estimate
     from kd_keras.models import load_model
 
     config: ATConfig = ctx.config
@@ -334,8 +351,11 @@ def evaluation_stage(ctx: RunContext) -> dict[str, Any]:
                 if entry["selected"]:
                     rep = entry.get("repetition", 0)
                     source = ctx.outputs[run_key(fraction, name, entry["method"], entry["beta"], rep)]["path"]
-                    entry["test"] = evaluate_model(load_model(source), ctx.data.test, config.preprocess(),
-                                                   n_boot=config.n_boot)
+                    model = load_model(source)
+                    entry["test"] = evaluate_model(model, ctx.data.test, config.preprocess(), n_boot=config.n_boot)
+                    fit = estimate(evaluate_model(model, ctx.data.trains[fraction], config.preprocess(), n_boot=0),
+                                   "auc")
+                    entry["train_auc"] = fit if math.isfinite(fit) else None  # None: one class only
                     suffix = f"_rep{rep + 1}" if rep else ""
                     shutil.copyfile(source, ctx.path("models", f"{name}_{entry['method']}_{size_label(fraction)}"
                                                                 f"{suffix}.keras"))
