@@ -242,11 +242,12 @@ def markdown(summary: dict[str, Any]) -> str:
                      f"{_ci(s['teacher_auc'])} | {s['started'] or '-'} | {wall} | {load['before']:.2f} / "
                      f"{load['mean']:.2f} / {load['max']:.2f} | {s['note'] or ''} |")
     stages = list(first["timing_seconds"])
-    lines += ["", "Seconds per stage: ", "", "| seed | " + " | ".join(stages) + " |", "|---:|" + "---:|" * len(stages)]
+    lines += ["", "Seconds per stage:", "", "| seed | " + " | ".join(stages) + " |", "|---:|" + "---:|" * len(stages)]
     for s in seeds:
         lines.append(f"| {s['seed']} | " + " | ".join(f"{s['timing_seconds'].get(k, 0):.0f}" for k in stages) + " |")
-    lines += ["", f"{first['images']} images of {first['patients']} patients ({first['class_counts']}), split by "
-              "patient per seed.", "", "Commands:", ""]
+    counts = ", ".join(f"{k} {v}" for k, v in first["class_counts"].items())
+    lines += ["", f"{first['images']} images of {first['patients']} patients ({counts}), split by patient per seed "
+              "(train / validation / test: no patient in two parts).", "", "Commands:", ""]
     lines += [f"    {s['command']}" for s in seeds if s["command"]]
     lines += ["", "![validation curves](learning_curves.png)", "", "![test AUC against size](auc_vs_size.png)"]
     return "\n".join(lines) + "\n"
