@@ -43,7 +43,8 @@ DATA = "../shared/data/kermany-cxr/train"
 PROTOCOL = ["--layout", "folders", "--data", DATA, "--limit", "600", "--holdout-fraction", "0.2", "--channels", "1",
             "--no-fundus-crop", "--image-size", "48", "--folds", "3", "--students", "simple10", "vgg16_d4",
             "--teacher-weights", "none", "--teacher-epochs", "12", "--ul-epochs", "2", "--kd-epochs", "2",
-            "--hard-epochs", "5", "--pool-size", "300", "--batch-size", "16", "--n-boot", "200"]
+            "--hard-epochs", "5", "--set", "student_epochs=null",  # the paper preset's 300 epochs per variant: off
+            "--pool-size", "300", "--batch-size", "16", "--n-boot", "200"]
 ORDER = ("base", "kd", "ul", "kd_ul")
 TITLES = {"base": "Base", "kd": "+KD", "ul": "+UL", "kd_ul": "+KD+UL"}
 STUDENTS = {"simple10": "Simple10", "vgg16_d2": "VGG/2", "vgg16_d4": "VGG/4"}
