@@ -44,6 +44,10 @@ from pathlib import Path
 from typing import Any
 
 METHOD_ORDER = ("supervised", "fixmatch", "mixmatch", "teacher", "student")
+# The paper's claims as pairs (better, worse): the student above supervised, FixMatch and MixMatch and its teacher;
+# the SimCLR teacher above supervised.
+CLAIMS = (("student", "supervised"), ("student", "fixmatch"), ("student", "mixmatch"), ("teacher", "supervised"),
+          ("student", "teacher"))
 METHOD_NAMES = {"supervised": "Supervised (fraction)", "fixmatch": "FixMatch", "mixmatch": "MixMatch",
                 "teacher": "SimCLR teacher, fine-tuned", "student": "SimCLR + KD student (proposed)"}
 
@@ -242,6 +246,19 @@ def run_summary(results: dict[str, Any], record: dict[str, Any]) -> dict[str, An
     }
 
 
+def _difference(runs: list[dict[str, Any]], better: str, worse: str) -> dict[str, Any]:
+    """AUC(better) - AUC(worse) over the runs: mean, SD, how many above, how many with the 95% CIs apart."""
+    from kd_keras.evaluation.report import intervals_apart
+
+    pairs = [(r["auc"][better], r["auc"][worse]) for r in runs if better in r["auc"] and worse in r["auc"]]
+    values = [a["estimate"] - b["estimate"] for a, b in pairs]
+    mean, sd = mean_sd(values)
+    return {"mean": mean, "sd": sd, "values": values, "above": sum(v > 0 for v in values),
+            "ci_apart_above": sum(bool(intervals_apart(a, b)) and a["estimate"] > b["estimate"] for a, b in pairs),
+            "ci_apart_below": sum(bool(intervals_apart(a, b)) and a["estimate"] < b["estimate"] for a, b in pairs),
+            "runs": len(values)}
+
+
 def summarise(work: Path) -> dict[str, Any]:
     """Every finished run under ``work`` (``<run>.run.json`` with exit code 0 and ``<run>/results.json``)."""
     runs = []
@@ -263,6 +280,7 @@ def summarise(work: Path) -> dict[str, Any]:
                                   strict=True)),
             "agreement_at_0.5": dict(zip(("mean", "sd"), mean_sd([(r["pseudo_labels"]["at_0.5"] or {}).get(
                 "agreement_with_hidden_labels") for r in these]), strict=True)),
+            "differences": {f"{a}-{b}": _difference(these, a, b) for a, b in CLAIMS},
             "student_above_supervised": sum(r["finding"]["comparisons"].get("student", {}).get("above", False)
                                             for r in these),
             "verdicts": [r["finding"]["verdict"] for r in these]}
@@ -311,6 +329,16 @@ def markdown(summary: dict[str, Any]) -> str:
         lines.append(f"| {100 * float(fraction):g}% | {', '.join(map(str, entry['seeds']))} | "
                      + " | ".join(_pm(entry["auc"][m]) for m in METHOD_ORDER)
                      + f" | {entry['student_above_supervised']} of {len(entry['seeds'])} |")
+    lines += ["", "## The paper's claims: AUC differences in points (mean ± SD over seeds; above / CIs apart)", "",
+              "| fraction | " + " | ".join(f"{a} - {b}" for a, b in CLAIMS) + " |",
+              "|---:|" + "---|" * len(CLAIMS)]
+    for fraction, entry in summary["over_seeds"].items():
+        cells = []
+        for a, b in CLAIMS:
+            d = entry["differences"][f"{a}-{b}"]
+            cells.append(f"{_pm(d)} ({d['above']} of {d['runs']} above; CIs apart: {d['ci_apart_above']} above, "
+                         f"{d['ci_apart_below']} below)")
+        lines.append(f"| {100 * float(fraction):g}% | " + " | ".join(cells) + " |")
     lines += ["", "## Pseudo-labels: the teacher's operating point and the paper's 0.5 (same teacher outputs)", "",
               "| fraction | seed | rule | threshold | positive / pool | agreement % | labeled prevalence % | "
               "at 0.5: positive | at 0.5: agreement % |", "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
