@@ -162,7 +162,12 @@ def table_ci(results: dict, config: DRKDConfig, metric: str = "auc", key: str = 
 
 def holdout_lines(results: dict, config: DRKDConfig) -> list[str]:
     """The hold-out tables (AUC mean ± SD over folds, AUC [95% CI] per fold's models) when the run kept
-    patients out of every fold (``holdout_fraction``); else no line."""
+    patients out of every fold (``holdout_fraction``); else no line.
+
+    Example:
+        >>> holdout_lines({"folds": [], "summary": {}}, config)  # a run without a hold-out
+        []
+    """
     if "summary_holdout" not in results:
         return []
     images = results.get("data", {}).get("holdout", {}).get("images", "?")
