@@ -13,14 +13,22 @@ from kd_keras.engine import recalibrate_batch_norm
 
 recalibrate_batch_norm(student, make_dataset(train_records, config, 64), max_batches=10)
 ```
+
+Speed: the forward passes run as one compiled function per model (traced once, reused by every later
+recalibration of that model), not layer by layer in eager mode. Eager calls cost 0.2 s a batch for
+mobilenet_wd2 at 64 px, 24 s of a 118-s quick-default student training (12 recalibrations of 10 batches,
+profiled with cProfile); compiled, the same batches take a few milliseconds each.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
 import keras
+import numpy as np
+import tensorflow as tf
 
 from kd_keras.data import schema
 from kd_keras.engine.distiller import Distiller
@@ -51,10 +59,10 @@ def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalizatio
 def recalibrate_batch_norm(model: keras.Model, batches: Any, max_batches: int = 10) -> int:
     """Set each BatchNorm layer's moving mean and variance to their average over ``batches`` ("precise BN").
 
-    The model runs in training mode (batch statistics) on each batch, one eager call at a time, with the layers'
-    momentum set to ``k / (k + 1)`` at batch ``k`` so the moving statistics become the exact running average;
-    the momentum is restored afterwards. No weight is trained. Dropout and other random layers draw as in
-    training.
+    The model runs in training mode (batch statistics) on each batch, in one compiled function, with the
+    layers' momentum at 0 so that each pass leaves that batch's statistics, which are averaged (in float64) and
+    assigned at the end; the momentum is restored afterwards. No weight is trained. Dropout and other random
+    layers draw as in training. Frozen (non-trainable) BatchNorm layers keep their statistics, as in training.
 
     Args:
         model: a classifier (a Distiller: its student).
@@ -62,28 +70,60 @@ def recalibrate_batch_norm(model: keras.Model, batches: Any, max_batches: int = 
         max_batches: batches to average over.
 
     Returns:
-        The number of batches used (0 when the model has no BatchNorm layer: nothing is run).
+        The number of batches used (0 when the model has no trainable BatchNorm layer: nothing is run).
 
     Example:
         >>> recalibrate_batch_norm(student, make_dataset(train_records, config, 64), max_batches=10)
         10
     """
     net = model.student if isinstance(model, Distiller) else model
-    layers = batch_norm_layers(net)
+    layers = [layer for layer in batch_norm_layers(net) if layer.trainable]  # frozen layers never update
     if not layers:
         return 0
     momenta = [layer.momentum for layer in layers]
+    batch_statistics = _batch_statistics_function(net, layers)
+    totals: list[np.ndarray] | None = None
     used = 0
     try:
+        # Momentum 0: after each forward pass a layer's moving statistics are that batch's own statistics,
+        # read back and averaged here (the batch statistics do not depend on the moving ones).
+        for layer in layers:
+            layer.momentum = 0.0
         for batch in batches:
             if used >= max_batches:
                 break
             images = batch[schema.IMAGE] if isinstance(batch, Mapping) else batch
-            for layer in layers:
-                layer.momentum = used / (used + 1.0)
-            net(images, training=True)
+            values = [np.asarray(v, dtype=np.float64) for v in batch_statistics(images)]
+            totals = values if totals is None else [t + v for t, v in zip(totals, values, strict=True)]
             used += 1
+        if totals is not None:
+            variables = [v for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
+            for variable, total in zip(variables, totals, strict=True):
+                variable.assign((total / used).astype(variable.dtype))
     finally:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
     return used
+
+
+# One compiled forward pass per network, kept as long as the network lives.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _batch_statistics_function(net: keras.Model, layers: list[keras.layers.BatchNormalization]):
+    """``f(images)`` -> every layer's (moving mean, moving variance) after a training-mode pass on ``images``.
+
+    Traced once per network: the layers' momentum (0 during recalibration) is a Python constant in the trace,
+    so the function is only correct with momentum 0, which :func:`recalibrate_batch_norm` guarantees.
+    """
+    cached = _COMPILED.get(net)
+    if cached is not None and cached[0] == [id(layer) for layer in layers]:
+        return cached[1]
+
+    @tf.function(reduce_retracing=True)
+    def batch_statistics(images):
+        net(images, training=True)
+        return [v.value for layer in layers for v in (layer.moving_mean, layer.moving_variance)]
+
+    _COMPILED[net] = ([id(layer) for layer in layers], batch_statistics)
+    return batch_statistics
