@@ -46,3 +46,32 @@ def test_validation_patients_leave_the_other_splits_as_they_were(tmp_path):
     assert not {r["patient"] for r in added} & {r["patient"] for r in before}
     assert all(r["file"].startswith(f"validation/{r['label']}/") for r in added)
     assert (tmp_path / "b" / added[0]["file"]).is_file()
+
+
+def test_paired_difference_of_the_seeds_table_matches_scikit_learn(tmp_path):
+    """benchmarks/quick_default_seeds.py: the student-teacher minus baseline AUC from saved predictions equals
+    scikit-learn's difference, and its paired interval (whole volumes resampled for both models) contains it."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "quick_default_seeds.py"
+    spec = importlib.util.spec_from_file_location("quick_default_seeds", script)
+    seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seeds)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    clusters = np.repeat(np.arange(50), 8)
+    scores = {"baseline": labels * 0.3 + rng.random(400), "student_teacher": labels * 0.8 + rng.random(400)}
+    (tmp_path / "predictions").mkdir()
+    for split in ("validation", seeds.TEST_SET):
+        for side, score in scores.items():
+            np.savez(tmp_path / "predictions" / f"net__{side}__{split}.npz", labels=labels, scores=score,
+                     indices=np.arange(400), clusters=clusters)
+    out = seeds.paired_differences(tmp_path, "net", n_boot=300)
+    expected = roc_auc_score(labels, scores["student_teacher"]) - roc_auc_score(labels, scores["baseline"])
+    for split in ("validation", seeds.TEST_SET):
+        assert abs(out[split]["estimate"] - expected) < 1e-12
+        assert out[split]["low"] < expected < out[split]["high"] and out[split]["low"] > 0  # a clear difference

@@ -453,8 +453,9 @@ def evaluation_stage(ctx: RunContext) -> dict[str, Any]:
             clusters = data.clusters(records)[predictions.indices]
             out[set_name] = evaluate_predictions(predictions.labels, probabilities, clusters, config.task,
                                                  config.threshold, config.n_boot, config.seed)
+            # The clusters (patients or volumes) too, so that paired comparisons can be bootstrapped from the files.
             np.savez_compressed(predictions_dir / f"{label}__{set_name}.npz", labels=predictions.labels,
-                                scores=probabilities, indices=predictions.indices)
+                                scores=probabilities, indices=predictions.indices, clusters=clusters)
         keras.backend.clear_session(free_memory=True)
         return out
 
