@@ -151,7 +151,10 @@ def paired_differences(run_dir: Path, student: str, n_boot: int = 2000, seed: in
         base, transfer = (np.load(f) for f in files)
         if not np.array_equal(base["indices"], transfer["indices"]):
             raise ValueError(f"{files[0]} and {files[1]}: predictions in another order")
-        clusters = base["clusters"] if "clusters" in base.files else _clusters_of(run_dir, split, base["indices"])
+        try:
+            clusters = base["clusters"]
+        except (KeyError, ValueError):  # older runs: none saved, or saved as objects (not loaded: pickle)
+            clusters = _clusters_of(run_dir, split, base["indices"])
         interval = clustered_bootstrap(
             lambda y, t, b: binary_auc(y, t) - binary_auc(y, b), (base["labels"], transfer["scores"], base["scores"]),
             clusters, n_boot=n_boot, seed=seed,

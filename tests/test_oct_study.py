@@ -56,6 +56,10 @@ def test_every_output_is_written(smoke_run):
     assert list((out / "export").glob("*.json")), "export sidecars"
     assert list((out / "tensorboard").rglob("events.out.tfevents.*")), "TensorBoard event files"
     assert list((out / "models" / "mobilenet_wd4").glob("*.keras")), "one .keras per student run"
+    # Saved predictions load without pickle and carry one cluster (volume) per prediction, for paired bootstraps.
+    saved = np.load(out / "predictions" / "mobilenet_wd4__baseline__validation.npz")
+    assert saved["clusters"].dtype.kind == "U" and len(saved["clusters"]) == len(saved["labels"]) > 0
+    assert len(set(saved["clusters"])) < len(saved["clusters"])  # several B-scans per volume
     # The one-screen summary and the recommendation.
     assert "test AUC" in done.stdout and "Deploy" in done.stdout and "report.md" in done.stdout
     report = (out / "report.md").read_text()

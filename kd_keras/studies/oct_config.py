@@ -1,7 +1,7 @@
 """Settings of study 002 (the main job): one dataclass, its presets and the command's own options.
 
-Presets: ``"quick"`` (the default) takes about 11.5 minutes on a quiet 2-core CPU on the embedded synthetic OCT
-data (688 s, docs/quick_default.md); ``"paper"`` is the study's protocol (224 px, grids, 5 runs; days on a CPU);
+Presets: ``"quick"`` (the default) takes about 9.5 minutes on a quiet 2-core CPU on the embedded synthetic OCT
+data (563 s, docs/quick_default.md); ``"paper"`` is the study's protocol (224 px, grids, 5 runs; days on a CPU);
 ``"smoke"`` is for CI (seconds of training at 32 px). Every setting is also a ``kd-keras run oct`` option, a
 config-file key and a ``--set`` key (:mod:`kd_keras.config`).
 

@@ -455,7 +455,8 @@ def evaluation_stage(ctx: RunContext) -> dict[str, Any]:
                                                  config.threshold, config.n_boot, config.seed)
             # The clusters (patients or volumes) too, so that paired comparisons can be bootstrapped from the files.
             np.savez_compressed(predictions_dir / f"{label}__{set_name}.npz", labels=predictions.labels,
-                                scores=probabilities, indices=predictions.indices, clusters=clusters)
+                                scores=probabilities, indices=predictions.indices,
+                                clusters=np.asarray(clusters).astype(str))  # str: loads without pickle
         keras.backend.clear_session(free_memory=True)
         return out
 

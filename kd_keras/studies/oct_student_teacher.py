@@ -32,8 +32,8 @@ Everything lands under ``out/``: ``results.json`` (every number, the configurati
 checkpoint under ``runs/``).
 
 Presets (:mod:`~kd_keras.studies.oct_config`): ``"paper"`` is the study's protocol (224 px, grids, 5 runs; days
-on a CPU); ``"quick"`` (the default) takes about 11.5 minutes on a quiet 2-core CPU on the embedded
-synthetic OCT data (688 s, docs/quick_default.md); ``"smoke"`` is for CI (seconds of training at 32 px).
+on a CPU); ``"quick"`` (the default) takes about 9.5 minutes on a quiet 2-core CPU on the embedded
+synthetic OCT data (563 s, docs/quick_default.md); ``"smoke"`` is for CI (seconds of training at 32 px).
 
 The modules: settings (:mod:`~kd_keras.studies.oct_config`), data (:mod:`~kd_keras.studies.oct_data`), training
 stages (:mod:`~kd_keras.studies.oct_stages`), export and latency (:mod:`~kd_keras.studies.oct_deploy`), report
