@@ -258,7 +258,8 @@ def test_selection_metric_and_paper_augmentation():
                                            ("validate_every=step", "--validate-every"),
                                            ("selection_metric=f1", "--selection-metric"),
                                            ("augmentation=heavy", "--augmentation"),
-                                           ("min_steps_per_epoch=-1", "--min-steps-per-epoch")])
+                                           ("min_steps_per_epoch=-1", "--min-steps-per-epoch"),
+                                           ("limit=-1", "--limit")])
 def test_bad_paper_settings_are_one_line(setting, words, tmp_path, capsys):
     assert main(["run", "attention", "--demo", "--set", setting, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
@@ -272,6 +273,28 @@ def test_min_steps_per_epoch_cycles_small_training_sets_only():
     config = settings("--preset", "smoke", "--set", "batch_size=32", "--set", "min_steps_per_epoch=10")
     assert [epoch_steps(n, config) for n in (13, 65, 320, 321, 1300)] == [10, 10, 10, 11, 41]
     assert epoch_steps(13, settings("--preset", "smoke", "--set", "batch_size=32")) == 1  # default 0: one pass
+
+
+def test_limit_draws_whole_patients_before_the_split(tmp_path):
+    import cv2
+    import numpy as np
+
+    from kd_keras.runner import RunContext
+    from kd_keras.studies.attention_stages import prepare_data
+
+    for k in range(24):  # 24 patients of 2 images (Kermany chest X-ray names: the patient is IM-<k>)
+        folder = tmp_path / "data" / ("NORMAL" if k % 2 else "PNEUMONIA")
+        folder.mkdir(parents=True, exist_ok=True)
+        for n in (1, 2):
+            cv2.imwrite(str(folder / f"IM-{k:04d}-{n:04d}.png"), np.full((32, 32), 10 * k + n, np.uint8))
+    config = settings("--preset", "smoke", "--demo-patients", "0", "--data", str(tmp_path / "data"),
+                      "--limit", "15", "--seed", "3")
+    data = prepare_data(RunContext(config=config, out=tmp_path / "out", store=None, say=lambda line: None))
+    assert len(data.records) == len(data.train) + len(data.val) + len(data.test) == 15
+    per_patient = sorted(list(data.records.patients).count(p) for p in set(data.records.patients))
+    assert per_patient == [1] + [2] * 7  # seven whole patients and the last one cut to the count
+    again = prepare_data(RunContext(config=config, out=tmp_path / "again", store=None, say=lambda line: None))
+    assert list(again.records.paths) == list(data.records.paths)  # the seed draws the same patients
 
 
 def test_cxr_driver_verdict_compares_smallest_and_largest_size():

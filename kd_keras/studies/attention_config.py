@@ -84,6 +84,8 @@ class ATConfig(ScaleSettings):
         demo_patients: patients of synthetic fundus photographs (two images each); 0: use ``data``.
         demo_test_patients: with ``demo_patients``, generated patients added to the test set only (no training
             label; the demo's 150 give 300 more test images: :func:`kd_keras.data.synthetic_fundus.test_only_fundus`).
+        limit: about this many images of ``data``, whole patients drawn with ``seed`` before the split (the last
+            one cut to the count); 0: every image.
         image_size: input side in pixels (the paper: 256; DenseNet-40's attention map is then 8x8).
         channels: input channels.
         teacher_weights: imagenet, none (random), a weights file, or a .keras teacher.
@@ -142,6 +144,7 @@ class ATConfig(ScaleSettings):
     demo_task: str = "multiclass"
     demo_patients: int = 0
     demo_test_patients: int = 0
+    limit: int = 0
     image_size: int = 256
     channels: int = 3
     teacher_weights: str = "imagenet"
@@ -217,9 +220,9 @@ class ATConfig(ScaleSettings):
             (self.bn_recalibration_batches >= 0,
              f"--bn-recalibration-batches must be >= 0, got {self.bn_recalibration_batches}"),
             (self.variant in VARIANTS, f"--variant must be one of {VARIANTS}, got {self.variant!r}"),
-            (self.curve_points >= 0 and self.n_boot >= 0 and self.min_steps_per_epoch >= 0,
-             f"--curve-points, --n-boot and --min-steps-per-epoch must be >= 0, got {self.curve_points}, "
-             f"{self.n_boot}, {self.min_steps_per_epoch}"),
+            (min(self.curve_points, self.n_boot, self.min_steps_per_epoch, self.limit) >= 0,
+             f"--curve-points, --n-boot, --min-steps-per-epoch and --limit must be >= 0, got {self.curve_points}, "
+             f"{self.n_boot}, {self.min_steps_per_epoch}, {self.limit}"),
             (len(self.split) == 3 and min(self.split) > 0 and abs(sum(self.split) - 1) < 1e-6,
              f"--split must be three positive fractions summing to 1, got {list(self.split)}"),
         ]

@@ -115,6 +115,8 @@ def prepare_data(ctx: RunContext) -> ATData:
         records = checks.files(demo_records(ctx.out / "data", config))
     else:
         records = load_labeled(config, checks)
+    if 0 < config.limit < len(records):  # a random subset of whole patients (a 2-core CPU: docs/attention_cxr.md)
+        records = subset_of_size(records, config.limit, config.seed)
     parts = split_by_patient(records, fractions=config.split, seed=config.seed)
     if config.demo_patients and config.demo_test_patients:  # more test images, no more training labels
         parts["test"] = Records.concat(parts["test"], checks.files(demo_records(ctx.out / "data", config, True)))
