@@ -227,6 +227,7 @@ def run_summary(results: dict[str, Any], record: dict[str, Any]) -> dict[str, An
     pl = results["pseudo_labels"]
     verdict = finding(results)
     samples = record["load_1min_samples"] or [record["load_before"][0]]
+    simclr_loss = results["stages"]["simclr"]["loss"]
     return {
         "run": record["run"], "fraction": record["fraction"], "seed": record["seed"],
         "split": results["split"], "test_patients": any_method.get("clusters"),
@@ -243,6 +244,9 @@ def run_summary(results: dict[str, Any], record: dict[str, Any]) -> dict[str, An
         "load_1min": {"before": record["load_before"][0], "mean": sum(samples) / len(samples), "max": max(samples)},
         "timing_seconds": results["timing_seconds"], "command": record["command"],
         "data": results["config"]["data"],
+        # NT-Xent of a batch of B pairs is ln(2B - 1) for an encoder that tells no two images apart.
+        "simclr_loss": {"first": simclr_loss[0], "last": simclr_loss[-1],
+                        "chance": math.log(2 * results["config"]["simclr_batch_size"] - 1)},
     }
 
 
@@ -353,12 +357,14 @@ def markdown(summary: dict[str, Any]) -> str:
                      f"{_pm(entry['agreement_at_0.5'])} |")
     stages = list(runs[0]["timing_seconds"]) if runs else []
     lines += ["", "## Run times (2 CPU cores shared with other engineers' runs)", "",
-              "| run | started (UTC) | wall s | load 1-min (before / mean / max) | "
-              + " | ".join(f"{s} s" for s in stages) + " |", "|---|---|---:|---|" + "---:|" * len(stages)]
+              "| run | started (UTC) | wall s | load 1-min (before / mean / max) | SimCLR loss first / last epoch "
+              "(chance) | " + " | ".join(f"{s} s" for s in stages) + " |",
+              "|---|---|---:|---|---|" + "---:|" * len(stages)]
     for r in runs:
         load = r["load_1min"]
         lines.append(f"| {r['run']} | {r['started_utc']} | {r['wall_s']:.0f} | {load['before']:.2f} / "
-                     f"{load['mean']:.2f} / {load['max']:.2f} | "
+                     f"{load['mean']:.2f} / {load['max']:.2f} | {r['simclr_loss']['first']:.3f} / "
+                     f"{r['simclr_loss']['last']:.3f} ({r['simclr_loss']['chance']:.3f}) | "
                      + " | ".join(f"{r['timing_seconds'].get(s, 0):.0f}" for s in stages) + " |")
     lines += ["", "Commands (the driver adds `--out <work>/<run> --no-progress --overwrite`):", ""]
     lines += [f"    {r['command']}" for r in runs]
