@@ -36,12 +36,12 @@ import datetime as dt
 import json
 import math
 import os
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from timed_command import load_summary, run_timed
 
 METHOD_ORDER = ("supervised", "fixmatch", "mixmatch", "teacher", "student")
 # The paper's claims as pairs (better, worse): the student above supervised, FixMatch and MixMatch and its teacher;
@@ -163,28 +163,8 @@ def run_one(data: Path, work: Path, fraction: float, seed: int, extra: list[str]
     name = run_name(fraction, seed)
     command = ["kd-keras", "run", "simclr", *PROTOCOL, "--data", str(data), *fraction_options(fraction),
                "--seed", str(seed), *extra, "--out", str(work / name), "--no-progress", "--overwrite"]
-    samples: list[float] = []
-    load_before = os.getloadavg()
-    started = dt.datetime.now(dt.UTC)
-    start = time.perf_counter()
-    with open(work / f"{name}.log", "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.wait(5.0):
-                samples.append(os.getloadavg()[0])
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        code = process.wait()
-        done.set()
-        sampler.join()
     record = {"run": name, "fraction": fraction, "seed": seed, "command": " ".join(command[:-1]),
-              "exit_code": code, "started_utc": started.strftime("%H:%M:%S"),
-              "wall_s": round(time.perf_counter() - start, 1), "load_before": list(load_before),
-              "load_after": list(os.getloadavg()), "load_1min_samples": samples, "cpus": os.cpu_count()}
+              **run_timed(command, work / f"{name}.log")}
     (work / f"{name}.run.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -226,7 +206,6 @@ def run_summary(results: dict[str, Any], record: dict[str, Any]) -> dict[str, An
     any_method = next(iter(test.values()))["test"]
     pl = results["pseudo_labels"]
     verdict = finding(results)
-    samples = record["load_1min_samples"] or [record["load_before"][0]]
     simclr_loss = results["stages"]["simclr"]["loss"]
     return {
         "run": record["run"], "fraction": record["fraction"], "seed": record["seed"],
@@ -241,7 +220,7 @@ def run_summary(results: dict[str, Any], record: dict[str, Any]) -> dict[str, An
                     "comparisons": {m: {"above": c["above"], "ci_apart": c["ci_apart"]}
                                     for m, c in verdict["comparisons"].items()}},
         "wall_s": record["wall_s"], "started_utc": record.get("started_utc"),
-        "load_1min": {"before": record["load_before"][0], "mean": sum(samples) / len(samples), "max": max(samples)},
+        "load_1min": load_summary(record),
         "timing_seconds": results["timing_seconds"], "command": record["command"],
         "data": results["config"]["data"],
         # NT-Xent of a batch of B pairs is ln(2B - 1) for an encoder that tells no two images apart.

@@ -28,14 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
+
+from timed_command import load_summary, run_timed
 
 DATA = "../shared/data/kermany-cxr/train"
 # The protocol of docs/attention_cxr.md (a 2-core CPU shared with other runs, under an hour for three seeds): the
@@ -60,29 +58,9 @@ def run_seed(seed: int, work: Path, options: list[str]) -> dict[str, Any]:
     """One study run with its wall time and the 1-minute load average sampled every 5 s while it ran."""
     out = work / f"s{seed}"
     command = ["kd-keras", "run", "attention", *options, "--seed", str(seed), "--out", str(out), "--no-progress"]
-    if (out / "config.yaml").is_file():
-        command.append("--resume")
-    samples: list[float] = []
-    load_before = os.getloadavg()
-    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    start = time.perf_counter()
-    with open(work / f"s{seed}.log", "a") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.wait(5.0):
-                samples.append(os.getloadavg()[0])
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        code = process.wait()
-        done.set()
-        sampler.join()
-    record = {"seed": seed, "command": " ".join(c for c in command if c != "--resume"), "exit_code": code,
-              "started": started, "wall_s": round(time.perf_counter() - start, 1), "load_before": list(load_before),
-              "load_after": list(os.getloadavg()), "load_1min_samples": samples, "cpus": os.cpu_count()}
+    resume = (out / "config.yaml").is_file()
+    record = {"seed": seed, "command": " ".join(command),
+              **run_timed([*command, "--resume"] if resume else command, work / f"s{seed}.log", append=True)}
     (work / f"s{seed}.run.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -127,12 +105,12 @@ def summarise(work: Path, seeds: list[int]) -> dict[str, Any]:
         results = json.loads((work / f"s{seed}" / "results.json").read_text())
         record_path = work / f"s{seed}.run.json"
         run = json.loads(record_path.read_text()) if record_path.is_file() else {}
-        samples = run.get("load_1min_samples") or run.get("load_before", [float("nan")])[:1]
         note = work / f"s{seed}.note"
         out.append({
-            "seed": seed, "command": run.get("command"), "started": run.get("started"), "wall_s": run.get("wall_s"),
-            "load_1min": {"before": run.get("load_before", [float("nan")])[0], "mean": statistics.fmean(samples),
-                          "max": max(samples)},
+            # "started": the key of the records written before timed_command.py
+            "seed": seed, "command": run.get("command"), "started": run.get("started_utc", run.get("started")),
+            "wall_s": run.get("wall_s"),
+            "load_1min": load_summary(run) if run else dict.fromkeys(("before", "mean", "max"), float("nan")),
             "note": note.read_text().strip() if note.is_file() else "",
             "timing_seconds": results["timing_seconds"], "split": results["split"],
             "patients": results["data"]["records"]["patients"], "images": results["data"]["records"]["examples"],

@@ -24,12 +24,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from timed_command import load_summary, run_timed
 
 TEST_SET = "synthetic_test"
 
@@ -70,33 +69,15 @@ def _short(command: str) -> str | None:
 
 
 def run_seed(seed: int, work: Path, extra: list[str]) -> dict[str, Any]:
-    """One quick-default run with its wall time and the load samples taken while it ran."""
+    """One quick-default run with its wall time, the load samples taken while it ran and the other processes
+    seen then."""
     out = work / f"s{seed}"
     command = ["kd-keras", "run", "oct", "--seed", str(seed), "--out", str(out), "--no-progress", "--overwrite",
                *extra]
-    samples: list[float] = []
     others: set[str] = set()
-    load_before = os.getloadavg()
-    start = time.perf_counter()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    with open(work / f"s{seed}.log", "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        done = threading.Event()
-
-        def sample() -> None:
-            while not done.wait(5.0):
-                samples.append(os.getloadavg()[0])
-                others.update(_others(process.pid))
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        code = process.wait()
-        done.set()
-        sampler.join()
-    record = {"seed": seed, "command": " ".join(command), "exit_code": code,
-              "wall_s": round(time.perf_counter() - start, 1), "load_before": list(load_before),
-              "load_after": list(os.getloadavg()), "load_1min_samples": samples,
-              "other_processes": sorted(others), "cpus": os.cpu_count()}
+    record = {"seed": seed, "command": " ".join(command),
+              **run_timed(command, work / f"s{seed}.log", on_sample=lambda pid: others.update(_others(pid)))}
+    record["other_processes"] = sorted(others)
     (work / f"s{seed}.run.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -169,12 +150,11 @@ def summarise(work: Path, seeds: list[int]) -> dict[str, Any]:
     for seed in seeds:
         results = json.loads((work / f"s{seed}" / "results.json").read_text())
         run = json.loads((work / f"s{seed}.run.json").read_text())
-        samples = run["load_1min_samples"] or [run["load_before"][0]]
         data = results["data"]
         seeds_out.append({
             "seed": seed, "command": run["command"].replace(" --overwrite", ""), "wall_s": run["wall_s"],
             "timing_seconds": results["timing_seconds"],
-            "load_1min": {"before": run["load_before"][0], "mean": sum(samples) / len(samples), "max": max(samples)},
+            "load_1min": load_summary(run),
             "other_processes": sorted({n for n in map(_short, run["other_processes"]) if n}),
             "note": (work / f"s{seed}.note").read_text().strip() if (work / f"s{seed}.note").is_file() else "",
             "students": [{**row, "paired_difference": paired_differences(work / f"s{seed}", row["student"])}
