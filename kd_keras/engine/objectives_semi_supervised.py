@@ -214,7 +214,7 @@ class MixMatch(Objective):
     """MixMatch (Berthelot et al., 2019), a semi-supervised baseline of study 003.
 
     Per step: the label of each unlabeled example is guessed as the mean prediction over its views (``image``
-    and ``view2`` when present; the student in inference mode, or the teacher), sharpened with
+    and ``view2`` when present; the student in the step's mode, or the teacher), sharpened with
     ``sharpen_temperature``; labeled examples keep their one-hot label. Every view of every example is then
     mixed (MixUp, ``lambda ~ Beta(alpha, alpha)``, ``lambda' = max(lambda, 1 - lambda)``) with a partner drawn
     from the **global** batch, and the student is trained on the mixes: CE for entries whose own example is
@@ -271,7 +271,11 @@ class MixMatch(Objective):
         if self.guess_with == "teacher":
             guesses = [ctx.teacher_logits()] + [ctx.teacher(v) for v in views[1:]]
         else:
-            guesses = [tf.stop_gradient(ctx.student(v, training=False)) for v in views]
+            # The step's own mode, as the reference implementation (google-research/mixmatch, classifier(y,
+            # training=True)): in inference mode the guesses would come from BatchNorm moving averages that a
+            # few hundred steps leave near their initial values, unrelated to what the model predicts, and
+            # lambda_u = 100 then trains the model towards them (test AUC 44 on real X-rays, docs/simclr_cxr.md).
+            guesses = [tf.stop_gradient(ctx.student(v)) for v in views]
         probs = tf.add_n([losses.temperature_probabilities(g, 1.0, self.task) for g in guesses]) / len(views)
         return losses.sharpen(probs, self.sharpen_temperature), guesses[0]
 
