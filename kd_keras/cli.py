@@ -119,13 +119,18 @@ def run_parser(study: Any) -> tuple[argparse.ArgumentParser, list[tuple[str, Cal
                      help="one setting, the value read as YAML (repeatable): --set student_epochs=3")
     run.add_argument("--out", default=study.default_out, help=f"output folder (default {study.default_out})")
     run.add_argument("--resume", action="store_true", help="skip finished stages, continue a killed training")
+    run.add_argument("--rerun-from", metavar="STAGE", default=None,
+                     help="continue the run in --out (as --resume) but compute STAGE and every later stage again, "
+                          "e.g. after a fix to the code they run (their earlier results are moved to "
+                          "<out>/previous/, never deleted)")
     run.add_argument("--overwrite", action="store_true",
                      help="move an earlier run in --out aside to <out>/previous/ (never deleted) and start anew")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--print-config", action="store_true", help="print the resolved settings and stop")
     converters: list[tuple[str, Callable[[Any], dict]]] = []
     own = parser.add_argument_group(f"{study.name} options")
-    taken = {"--preset", "--config", "--set", "--out", "--resume", "--overwrite", "--no-progress", "--print-config"}
+    taken = {"--preset", "--config", "--set", "--out", "--resume", "--rerun-from", "--overwrite", "--no-progress",
+             "--print-config"}
     for index, flag in enumerate(study.flags):
         dest = f"_flag{index}"
         kwargs = dict(flag.kwargs)
@@ -194,8 +199,11 @@ def _run(study: Any, config: Any, args: argparse.Namespace, command: list[str]) 
     expected = expected_errors(study)
     start = time.perf_counter()
     try:
-        results = run_study(study, config, args.out, resume=args.resume, overwrite=args.overwrite,
-                            progress=not args.no_progress, command=command)
+        if args.rerun_from is not None and args.overwrite:
+            raise RunError("--rerun-from continues the run in --out; --overwrite would start anew: use one")
+        results = run_study(study, config, args.out, resume=args.resume or args.rerun_from is not None,
+                            overwrite=args.overwrite, progress=not args.no_progress, command=command,
+                            rerun_from=args.rerun_from)
     except RunError as error:
         return _error(str(error))
     except expected as error:

@@ -420,6 +420,7 @@ def run_study(
     progress: bool = True,
     say: Callable[[str], None] = print,
     command: Sequence[str] | None = None,
+    rerun_from: str | None = None,
 ) -> dict[str, Any]:
     """Run ``study`` with ``config`` into ``out``; returns the ``results.json`` content.
 
@@ -432,12 +433,16 @@ def run_study(
         progress: progress bars (stderr).
         say: where progress lines go.
         command: the command line recorded in ``results.json`` (default: ``sys.argv``).
+        rerun_from: with ``resume``, compute this stage and every later one again (e.g. after a fix to the code
+            they run); their records and the run's training checkpoints are moved to ``<out>/previous/``.
 
     Raises:
         RunError and the study's ``expected_errors``: one line for the user.
         StageFailedError: an unexpected error in a stage (chained to the original exception).
     """
     out = Path(out)
+    if rerun_from is not None and not resume:
+        raise RunError(f"--rerun-from {rerun_from}: continues the run in {out}, so it needs --resume")
     study.check(config)
     scale = _scale_of(config)
     if scale is not None:
@@ -467,7 +472,22 @@ def run_study(
                 say(f"strategy: {kind} with {strategy.num_replicas_in_sync} replicas; "
                     f"precision: {scale['precision']}")
         ctx = RunContext(config=config, out=out, store=store, say=say, progress=progress, strategy=strategy)
-        return _run_stages(study, ctx, resume, command)
+        return _run_stages(study, ctx, resume, command, rerun_from)
+
+
+def _invalidate_from(name: str, stages: list[Stage], store: StageStore, say: Callable[[str], None]) -> None:
+    """``--rerun-from``: move the records of stage ``name`` and every later one aside, so that they run again."""
+    names = [stage.name for stage in stages]
+    if name not in names:
+        raise RunError(f"--rerun-from {name}: not a stage of this run; its stages: {', '.join(names)}")
+    index = names.index(name)
+    finished = store.finished()
+    if index and names[index - 1] not in finished:
+        raise RunError(f"--rerun-from {name}: the stage before it, {names[index - 1]!r}, has not finished; "
+                       "--resume alone continues the run")
+    moved = store.invalidate_after(names[index - 1] if index else None)
+    where = f"; the earlier results of those stages were moved to {moved}" if moved is not None else ""
+    say(f"--rerun-from {name}: computing {name} and every later stage again{where}")
 
 
 # The public names of the strategies (TensorFlow's multi-worker class is CollectiveAllReduceStrategy).
@@ -483,7 +503,8 @@ def _scale_of(config: Any) -> dict[str, Any] | None:
     return {name: getattr(config, name) for name in names}
 
 
-def _run_stages(study: Study, ctx: RunContext, resume: bool, command: Sequence[str] | None) -> dict[str, Any]:
+def _run_stages(study: Study, ctx: RunContext, resume: bool, command: Sequence[str] | None,
+                rerun_from: str | None = None) -> dict[str, Any]:
     config, out, store, say = ctx.config, ctx.out, ctx.store, ctx.say
     settings = config_to_dict(config)
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -502,6 +523,8 @@ def _run_stages(study: Study, ctx: RunContext, resume: bool, command: Sequence[s
         say(f"--resume: the data changed since this run started ({what}): {again}")
         if moved is not None:
             say(f"  the results that depended on the old data were moved to {moved}")
+    if rerun_from is not None:
+        _invalidate_from(rerun_from, stages, store, say)
     expected = expected_errors(study)
     for stage in stages:
         try:

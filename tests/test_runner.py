@@ -165,6 +165,48 @@ def test_a_failed_stage_is_named_and_resume_continues_after_the_last_finished(tm
     assert study.calls == ["second"]  # the first stage was not run again
 
 
+
+def test_rerun_from_computes_a_stage_and_the_later_ones_again_and_keeps_the_old_records(tmp_path):
+    out, config, lines = tmp_path / "run", resolve(), []
+    run_study(Toy(), config, out, say=lambda _: None)
+    old_second = json.loads((out / "stages" / "second.json").read_text())
+    study = Toy()
+    results = run_study(study, config, out, resume=True, rerun_from="second", say=lines.append)
+    assert study.calls == ["second"] and results["first"]["value"] == 4  # the first stage read back
+    assert results["run"]["resumed_stages"] == ["first"]
+    assert any(line.startswith("--rerun-from second: computing second and every later stage again; the earlier "
+                               "results of those stages were moved to ") for line in lines)
+    stale = [p for p in (out / "previous").iterdir() if p.name.endswith("-stale")]
+    assert len(stale) == 1
+    assert json.loads((stale[0] / "stages" / "second.json").read_text()) == old_second  # moved, not deleted
+    assert (stale[0] / "stages" / "second__inner.json").is_file() and (out / "stages" / "first__inner.json").is_file()
+    everything = Toy()
+    run_study(everything, config, out, resume=True, rerun_from="first", say=lambda _: None)
+    assert everything.calls == ["first", "second"]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"resume": True, "rerun_from": "third"}, "--rerun-from third: not a stage of this run; its stages: first, second"),
+    ({"rerun_from": "second"}, "--rerun-from second: continues the run in "),
+])
+def test_rerun_from_a_wrong_stage_or_without_resume_is_one_line_and_runs_nothing(tmp_path, kwargs, message):
+    out, config = tmp_path / "run", resolve()
+    run_study(Toy(), config, out, say=lambda _: None)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    study = Toy()
+    with pytest.raises(RunError) as error:
+        run_study(study, config, out, say=lambda _: None, **kwargs)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value) and study.calls == []
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_rerun_from_after_an_unfinished_stage_is_refused(tmp_path):
+    out, config = tmp_path / "run", resolve()
+    with pytest.raises(StageFailedError):
+        run_study(Toy(fail_at="first"), config, out, say=lambda _: None)
+    with pytest.raises(RunError, match="the stage before it, 'first', has not finished; --resume alone continues"):
+        run_study(Toy(), config, out, resume=True, rerun_from="second", say=lambda _: None)
+
 def test_an_earlier_run_is_never_deleted(tmp_path):
     out = tmp_path / "run"
     config = resolve()
@@ -226,6 +268,9 @@ def test_command_line():
         "error: student_objectives: unknown objective 'hintn'; registered: attention_transfer, conditional")
     typo = kd_keras("run", "oct", "--set", "studnets=[a]")
     assert typo.returncode == 2 and "unknown setting 'studnets' (did you mean 'students'?)" in typo.stderr
+    both = kd_keras("run", "oct", "--preset", "smoke", "--rerun-from", "evaluation", "--overwrite")
+    assert both.returncode == 2 and both.stderr.strip().splitlines() == [
+        "error: --rerun-from continues the run in --out; --overwrite would start anew: use one"]
 
 
 # ------------------------------------------------------------------------------------------ data changed
