@@ -86,6 +86,14 @@ BUGS = (
         "mixmatch",
     ),
     PlantedBug(
+        "MixMatch guesses labels in inference mode (BatchNorm moving averages, not the batch's statistics)",
+        "kd_keras/engine/objectives_semi_supervised.py",
+        "guesses = [tf.stop_gradient(ctx.student(v)) for v in views]",
+        "guesses = [tf.stop_gradient(ctx.student(v, training=False)) for v in views]",
+        ("tests/test_objectives_distiller.py",),
+        "mixmatch",
+    ),
+    PlantedBug(
         "FixMatch guesses the pseudo-label on the strong view",
         "kd_keras/engine/losses.py",
         "guess = tf.stop_gradient(weak_logits if guess_logits is None else guess_logits)",
