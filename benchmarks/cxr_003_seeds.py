@@ -197,7 +197,27 @@ def mean_sd(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
 
 
-def run_summary(results: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+def stage_seconds(results: dict[str, Any], run_dir: Path) -> dict[str, float]:
+    """Seconds per stage of a run. A stage read back by ``--resume`` or ``--rerun-from`` ran in an earlier
+    invocation, so ``results.json`` has no time for it: the one its training recorded (``seconds`` in
+    ``stages/<name>.json``) is used; stages without one are left out."""
+    seconds = {}
+    for name in results.get("run", {}).get("resumed_stages", []):
+        path = run_dir / "stages" / f"{name.replace('/', '__')}.json"
+        recorded = json.loads(path.read_text()).get("seconds") if path.is_file() else None
+        if recorded is not None:
+            seconds[name] = recorded
+    executed = results["timing_seconds"]
+    return {"data": executed.get("data", 0.0), **seconds, **{k: v for k, v in executed.items() if k != "data"}}
+
+
+def _rerun_from(command: str) -> str | None:
+    """The stage a ``--rerun-from`` invocation computed again from (``None``: the run's own invocation)."""
+    words = command.split()
+    return words[words.index("--rerun-from") + 1] if "--rerun-from" in words[:-1] else None
+
+
+def run_summary(results: dict[str, Any], record: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """What the table needs from one run's ``results.json`` and its ``.run.json``."""
     from kd_keras.studies.simclr_report import finding
 
@@ -221,7 +241,8 @@ def run_summary(results: dict[str, Any], record: dict[str, Any]) -> dict[str, An
                                     for m, c in verdict["comparisons"].items()}},
         "wall_s": record["wall_s"], "started_utc": record.get("started_utc"),
         "load_1min": load_summary(record),
-        "timing_seconds": results["timing_seconds"], "command": record["command"],
+        "timing_seconds": stage_seconds(results, run_dir), "command": record["command"],
+        "rerun_from": _rerun_from(results.get("run", {}).get("command", "")),
         "data": results["config"]["data"],
         # NT-Xent of a batch of B pairs is ln(2B - 1) for an encoder that tells no two images apart.
         "simclr_loss": {"first": simclr_loss[0], "last": simclr_loss[-1],
@@ -249,7 +270,7 @@ def summarise(work: Path) -> dict[str, Any]:
         record = json.loads(record_path.read_text())
         results_path = work / record["run"] / "results.json"
         if record["exit_code"] == 0 and results_path.is_file():
-            runs.append(run_summary(json.loads(results_path.read_text()), record))
+            runs.append(run_summary(json.loads(results_path.read_text()), record, work / record["run"]))
     runs.sort(key=lambda r: (-r["fraction"], r["seed"]))
     fractions = sorted({r["fraction"] for r in runs}, reverse=True)
     over_seeds = {}
@@ -334,17 +355,25 @@ def markdown(summary: dict[str, Any]) -> str:
     for fraction, entry in summary["over_seeds"].items():
         lines.append(f"| {100 * float(fraction):g}% | mean ± SD | | | | {_pm(entry['agreement'])} | | | "
                      f"{_pm(entry['agreement_at_0.5'])} |")
-    stages = list(runs[0]["timing_seconds"]) if runs else []
+    stages = [s for s in (runs[0]["timing_seconds"] if runs else {}) if s != "total"]
+    rerun = any(r["rerun_from"] for r in runs)
     lines += ["", "## Run times (2 CPU cores shared with other engineers' runs)", "",
               "| run | started (UTC) | wall s | load 1-min (before / mean / max) | SimCLR loss first / last epoch "
-              "(chance) | " + " | ".join(f"{s} s" for s in stages) + " |",
-              "|---|---|---:|---|---|" + "---:|" * len(stages)]
+              "(chance) | " + " | ".join(f"{s} s" for s in stages) + (" | rerun from (its wall s)" if rerun else "")
+              + " |",
+              "|---|---|---:|---|---|" + "---:|" * len(stages) + ("---|" if rerun else "")]
     for r in runs:
         load = r["load_1min"]
+        again = f" | {r['rerun_from']} ({r['timing_seconds'].get('total', 0):.0f})" if r["rerun_from"] else ""
         lines.append(f"| {r['run']} | {r['started_utc']} | {r['wall_s']:.0f} | {load['before']:.2f} / "
                      f"{load['mean']:.2f} / {load['max']:.2f} | {r['simclr_loss']['first']:.3f} / "
                      f"{r['simclr_loss']['last']:.3f} ({r['simclr_loss']['chance']:.3f}) | "
-                     + " | ".join(f"{r['timing_seconds'].get(s, 0):.0f}" for s in stages) + " |")
+                     + " | ".join(f"{r['timing_seconds'].get(s, 0):.0f}" for s in stages)
+                     + (again or (" | -" if rerun else "")) + " |")
+    if rerun:
+        lines += ["", "Wall s: the run's own invocation. A run continued with `--rerun-from STAGE` recomputed that "
+                  "stage and the later ones in a second invocation (last column); the stage columns show the time "
+                  "of each stage where it last ran (the training stages read back record their own seconds)."]
     lines += ["", "Commands (the driver adds `--out <work>/<run> --no-progress --overwrite`):", ""]
     lines += [f"    {r['command']}" for r in runs]
     return "\n".join(lines) + "\n"
