@@ -233,9 +233,12 @@ def test_baselines_at_their_papers_settings():
     assert (mixmatch["sharpen_temperature"], mixmatch["alpha"], mixmatch["reduction"]) == (0.5, 0.75, "per_stream")
     assert (paper.fixmatch_ratio, paper.mixmatch_ratio) == (7, 1)
     assert baseline_objective(paper, "supervised") == baseline_objective(paper, "supervised_full") == "hard_label"
-    for preset in ("demo", "smoke"):
-        config = resolve_run("simclr", ["--preset", preset])[1]
-        assert 0 < baseline_objective(config, "mixmatch")["rampup_steps"] <= 10, preset
+    # The demo keeps MixMatch's ramp-up (with 10 steps its guesses outweighed 20 labels: AUC 40.6); the CI smoke
+    # run ramps up within its few steps so that the unlabeled term is exercised.
+    demo = resolve_run("simclr", ["--preset", "demo"])[1]
+    assert baseline_objective(demo, "mixmatch")["rampup_steps"] == 16000
+    smoke = resolve_run("simclr", ["--preset", "smoke"])[1]
+    assert 0 < baseline_objective(smoke, "mixmatch")["rampup_steps"] <= 10
 
 
 def test_the_full_reference_trains_on_every_training_label():
