@@ -17,7 +17,7 @@ A seed whose run finished (``results.json`` and ``seedS.run.json``) is not run a
 
 Usage (repository root)::
 
-    python benchmarks/cxr_000_seeds.py --seeds 0 1 2 --root /tmp/h000/cxr000 \
+    python benchmarks/cxr_000_seeds.py --data ../shared/data/kermany-cxr/train --seeds 0 1 2 --root /tmp/h000/cxr000 \
         --summary docs/dr_kd_unlabeled_cxr/summary.md --doc docs/dr_kd_unlabeled_cxr.md
     python benchmarks/cxr_000_seeds.py --seeds 0 1 2 --root /tmp/h000/cxr000 --summary-only \
         --summary docs/dr_kd_unlabeled_cxr/summary.md --doc docs/dr_kd_unlabeled_cxr.md
@@ -38,9 +38,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = "../shared/data/kermany-cxr/train"
 # The protocol of every seed (the settings and their reasons: docs/dr_kd_unlabeled_cxr.md).
-PROTOCOL = ["--layout", "folders", "--data", DATA, "--limit", "450", "--holdout-fraction", "0.2", "--channels", "1",
+PROTOCOL = ["--layout", "folders", "--limit", "450", "--holdout-fraction", "0.2", "--channels", "1",
             "--no-fundus-crop", "--image-size", "48", "--folds", "3", "--students", "simple10",
             "--teacher-weights", "none", "--teacher-epochs", "10", "--ul-epochs", "2", "--kd-epochs", "2",
             "--hard-epochs", "5", "--set", "student_epochs=null",  # the paper preset's 300 epochs per variant: off
@@ -359,19 +358,24 @@ def main(argv: list[str] | None = None) -> int:
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, help="the Kermany chest X-ray class folders (NORMAL/, PNEUMONIA/), "
+                        "e.g. ../shared/data/kermany-cxr/train; needed unless --summary-only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--root", type=Path, default=Path("/tmp/h000/cxr000"), help="the runs' folder")
     parser.add_argument("--summary", type=Path, default=REPO / "docs" / "dr_kd_unlabeled_cxr" / "summary.md")
     parser.add_argument("--doc", type=Path, default=None, help="replace its <!-- cxr000:start/end --> block")
     parser.add_argument("--summary-only", action="store_true", help="no run; the summary from finished runs")
     args = parser.parse_args(own)
+    if not args.summary_only and (args.data is None or not args.data.is_dir()):
+        parser.error(f"--data {args.data}: not a folder; pass the chest X-ray class folders "
+                     "(e.g. ../shared/data/kermany-cxr/train), or --summary-only")
     args.root.mkdir(parents=True, exist_ok=True)
     if not args.summary_only:
         for seed in args.seeds:
             if (args.root / f"seed{seed}" / "results.json").exists() and (args.root / f"seed{seed}.run.json").exists():
                 print(f"seed {seed}: finished already")
                 continue
-            record = run_seed(seed, args.root, extra)
+            record = run_seed(seed, args.root, ["--data", str(args.data), *extra])
             print(f"seed {seed}: exit {record['returncode']}, {record['wall_seconds']} s", flush=True)
             if record["returncode"] != 0:
                 return record["returncode"]

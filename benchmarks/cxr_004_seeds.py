@@ -16,9 +16,11 @@ runs, then writes from the runs' ``results.json`` alone:
 
 Usage (repository root)::
 
-    python benchmarks/cxr_004_seeds.py --seeds 0 1 2 --work /tmp/h004/runs --out docs/attention_cxr
+    python benchmarks/cxr_004_seeds.py --data ../shared/data/kermany-cxr/train --seeds 0 1 2 \
+        --work /tmp/h004/runs --out docs/attention_cxr
     python benchmarks/cxr_004_seeds.py --seeds 0 1 2 --work /tmp/h004/runs --out docs/attention_cxr --table-only
-    python benchmarks/cxr_004_seeds.py --seeds 0 --work /tmp/h004/probe -- --set epochs=1   # more options
+    python benchmarks/cxr_004_seeds.py --data ../shared/data/kermany-cxr/train --seeds 0 --work /tmp/h004/probe \
+        -- --set epochs=1   # more options
 
 A seed whose run finished (``<work>/sS/results.json`` and ``<work>/sS.run.json``) is not run again; a killed one
 is resumed (``--resume``). A note written by hand to ``<work>/sS.note`` is shown with the seed's time.
@@ -35,7 +37,6 @@ from typing import Any
 
 from timed_command import load_summary, run_timed
 
-DATA = "../shared/data/kermany-cxr/train"
 # The protocol of docs/attention_cxr.md (a 2-core CPU shared with other runs, under an hour for three seeds): the
 # paper preset (its augmentation, L_AT and tap) with these changes: 2,400 images (whole patients, drawn per seed)
 # split by patient 50/10/40, 64 px grey, a DenseNet-121 teacher trained here from random weights on the training
@@ -45,7 +46,7 @@ DATA = "../shared/data/kermany-cxr/train"
 PROTOCOL = [
     "--preset", "paper", "--set", "train_sizes=[]", "--repetitions", "1", "--validate-every", "curve_points",
     "--selection-metric", "auc", "--bn-recalibration-batches", "5",
-    "--layout", "folders", "--data", DATA, "--task", "normal_vs_abnormal", "--limit", "2400",
+    "--layout", "folders", "--task", "normal_vs_abnormal", "--limit", "2400",
     "--split", "0.5", "0.1", "0.4", "--image-size", "64", "--channels", "1", "--teacher-weights", "none",
     "--teacher-epochs", "3", "--teacher-lr", "1e-3", "--students", "densenet40", "--student-weights", "none",
     "--betas", "1", "--train-fractions", "0.01", "0.1", "1.0", "--epochs", "4", "--min-steps-per-epoch", "10",
@@ -282,19 +283,24 @@ def plot(summary: dict[str, Any], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="the Kermany chest X-ray class folders (NORMAL/, PNEUMONIA/), e.g. "
+                        "../shared/data/kermany-cxr/train; needed unless --table-only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--work", default="/tmp/h004/runs", help="run folders <work>/s<seed> and their run records")
     parser.add_argument("--out", default="docs/attention_cxr", help="folder of summary.md, summary.json, plots")
     parser.add_argument("--table-only", action="store_true", help="the summary again from finished runs")
     parser.add_argument("extra", nargs="*", help="more kd-keras run attention options (after --), e.g. --set k=v")
     args = parser.parse_args(argv)
+    if not args.table_only and (args.data is None or not Path(args.data).is_dir()):
+        parser.error(f"--data {args.data}: not a folder; pass the chest X-ray class folders "
+                     "(e.g. ../shared/data/kermany-cxr/train), or --table-only")
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         for seed in args.seeds:
             if (work / f"s{seed}" / "results.json").is_file() and (work / f"s{seed}.run.json").is_file():
                 continue
-            record = run_seed(seed, work, [*PROTOCOL, *args.extra])
+            record = run_seed(seed, work, [*PROTOCOL, "--data", args.data, *args.extra])
             samples = record["load_1min_samples"] or [0.0]
             print(f"seed {seed}: exit {record['exit_code']}, {record['wall_s']} s, load {min(samples):.2f}-"
                   f"{max(samples):.2f}", flush=True)
