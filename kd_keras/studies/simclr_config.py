@@ -266,7 +266,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         batch_size=16, simclr_lr=1e-3, finetune_lr=1e-3, student_lr=1e-2, baseline_lr=1e-3, n_boot=100,
         tsne_points=200,
         # A pool of ~77 images is smaller than FixMatch's mu B = 112. MixMatch keeps its own 16,000-step ramp-up:
-        # over the demo's ~40 steps its unlabeled weight stays below 0.3 (MixUp on the labeled images plus a weak
+        # over the demo's 20 steps its unlabeled weight ends at 0.125 (MixUp on the labeled images plus a weak
         # consistency term). Ramped up over 10 steps instead, lambda_u = 100 let the model's own guesses outweigh
         # the 20 labels and the demo's MixMatch ended below chance (40.6 AUC; docs/demos.md, docs/simclr_cxr.md).
         fixmatch_ratio=2,
