@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     own = argv[: argv.index("--")] if "--" in argv else argv
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, help="the Kermany chest X-ray class folders (NORMAL/, PNEUMONIA/), "
-                        "e.g. ../shared/data/kermany-cxr/train; needed unless --summary-only")
+                        "e.g. the shared kermany-cxr/train; needed unless --summary-only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--root", type=Path, default=Path("/tmp/h000/cxr000"), help="the runs' folder")
     parser.add_argument("--summary", type=Path, default=REPO / "docs" / "dr_kd_unlabeled_cxr" / "summary.md")
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(own)
     if not args.summary_only and (args.data is None or not args.data.is_dir()):
         parser.error(f"--data {args.data}: not a folder; pass the chest X-ray class folders "
-                     "(e.g. ../shared/data/kermany-cxr/train), or --summary-only")
+                     "(NORMAL/, PNEUMONIA/), or --summary-only")
     args.root.mkdir(parents=True, exist_ok=True)
     if not args.summary_only:
         for seed in args.seeds:

@@ -284,7 +284,7 @@ def plot(summary: dict[str, Any], out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="the Kermany chest X-ray class folders (NORMAL/, PNEUMONIA/), e.g. "
-                        "../shared/data/kermany-cxr/train; needed unless --table-only")
+                        "the shared kermany-cxr/train; needed unless --table-only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--work", default="/tmp/h004/runs", help="run folders <work>/s<seed> and their run records")
     parser.add_argument("--out", default="docs/attention_cxr", help="folder of summary.md, summary.json, plots")
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.table_only and (args.data is None or not Path(args.data).is_dir()):
         parser.error(f"--data {args.data}: not a folder; pass the chest X-ray class folders "
-                     "(e.g. ../shared/data/kermany-cxr/train), or --table-only")
+                     "(NORMAL/, PNEUMONIA/), or --table-only")
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
